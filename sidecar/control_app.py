@@ -1,0 +1,299 @@
+"""The Starlette app on the worker's Unix socket: validate, then call the state machine.
+
+Every request is checked completely before the state is touched, so a request that fails
+changes nothing (contract section 4). Errors are JSON `{"error": ...}` with 400 (malformed),
+404 (unknown path or instance), 405, 413 (body over 64 KiB) or 422 (well-formed, invalid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from sidecar.health import CapacityError, HealthState, Instance, Status
+from sidecar.settings import NAME_PATTERN, NAME_RULE, Mode, Settings
+from sidecar.verdict import Verdicts, dumps
+
+JSON = "application/json"
+MAX_BODY = 64 * 1024
+MAX_INSTANCE_ID = 2**64 - 1
+MAX_PID = 2**31 - 1
+INSTANCE_FIELDS = ("namespace", "component", "endpoint", "instance_id", "transport")
+INSTANCE_OPTIONAL = ("model",)
+
+
+class ApiError(Exception):
+    """A request the sidecar refuses, with the status code and the line the worker sees."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+def json_response(value: object, status_code: int = 200) -> Response:
+    return Response(dumps(value), status_code=status_code, media_type=JSON)
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON, or `None` when there is none; 413 past 64 KiB, 400 when malformed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApiError(413, f"the body has {declared} bytes; the limit is {MAX_BODY}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise ApiError(413, f"the body is over the limit of {MAX_BODY} bytes")
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+
+
+def require_object(value: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ApiError(422, f"the body must be a JSON object with the fields {', '.join(allowed)}")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ApiError(422, f"unknown field {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def check_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise ApiError(422, f"{what} {value!r} is invalid: names are {NAME_RULE}")
+    return value
+
+
+def check_status(value: Any) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        raise ApiError(
+            422, f'status {value!r} is invalid: expected "ready" or "notready"'
+        ) from None
+
+
+def check_instance_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INSTANCE_ID:
+        raise ApiError(
+            422,
+            f"instance_id {value!r} is invalid: expected an integer from 0 to {MAX_INSTANCE_ID}",
+        )
+    return value
+
+
+def check_pid(body: Any) -> int | None:
+    """The optional `{"pid": 123}` of a heartbeat or a session."""
+    if body is None:
+        return None
+    pid = require_object(body, ("pid",)).get("pid")
+    if pid is None:
+        return None
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 1 <= pid <= MAX_PID:
+        raise ApiError(422, f"pid {pid!r} is invalid: expected an integer from 1 to {MAX_PID}")
+    return pid
+
+
+def parse_instance(body: Any) -> Instance:
+    fields = require_object(body, INSTANCE_FIELDS + INSTANCE_OPTIONAL)
+    missing = [name for name in INSTANCE_FIELDS if name not in fields]
+    if missing:
+        raise ApiError(422, f"missing field {missing[0]!r}; required: {', '.join(INSTANCE_FIELDS)}")
+    transport = fields["transport"]
+    if not isinstance(transport, dict):
+        raise ApiError(422, 'transport must be a JSON object, such as {"nats_tcp": "subject"}')
+    endpoint = check_name(fields["endpoint"], "endpoint")
+    model = fields.get("model", endpoint == "generate")
+    if not isinstance(model, bool):
+        raise ApiError(422, f"model {model!r} is invalid: expected true or false")
+    return Instance(
+        namespace=check_name(fields["namespace"], "namespace"),
+        component=check_name(fields["component"], "component"),
+        endpoint=endpoint,
+        instance_id=check_instance_id(fields["instance_id"]),
+        transport=transport,
+        model=model,
+    )
+
+
+class SessionEndpoint:
+    """`POST /v1/session`: a response held open for as long as the worker lives.
+
+    The kernel closes the worker's end even on SIGKILL, so the connection closing is the
+    most reliable sign of the worker's death that needs no shared process namespace. When
+    the sidecar itself stops, the response is ended instead and the life goes on.
+    """
+
+    def __init__(self, state: HealthState, clock: Callable[[], float], stopping: asyncio.Event):
+        self.state = state
+        self.clock = clock
+        self.stopping = stopping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            pid = check_pid(await read_json(request))
+        except ApiError as exc:
+            await json_response({"error": exc.message}, exc.status_code)(scope, receive, send)
+            return
+        life = self.state.open_session(self.clock(), pid)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/x-ndjson")],
+            }
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": dumps({"life": life, "session": "open"}) + b"\n",
+                "more_body": True,
+            }
+        )
+        if await self._wait_for_disconnect(receive):
+            self.state.close_session(life, self.clock())
+        else:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _wait_for_disconnect(self, receive: Receive) -> bool:
+        """True when the worker closed the connection, False when the sidecar is stopping."""
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            while True:
+                message = asyncio.ensure_future(receive())
+                done, _ = await asyncio.wait(
+                    {message, stopping}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if message in done:
+                    if message.result()["type"] == "http.disconnect":
+                        return True
+                    continue
+                message.cancel()
+                return False
+        finally:
+            stopping.cancel()
+
+
+def build_control_app(
+    settings: Settings,
+    state: HealthState,
+    verdicts: Verdicts,
+    stopping: asyncio.Event,
+    clock: Callable[[], float] = time.monotonic,
+) -> Starlette:
+    """The worker's API for one state."""
+
+    def endpoint_answer(name: str, status: Status) -> Response:
+        try:
+            record = state.set_endpoint(name, status, clock())
+        except CapacityError as exc:
+            raise ApiError(422, str(exc)) from None
+        return json_response(
+            {
+                "endpoint": name,
+                "life": state.life.number,
+                "overall": verdicts.worker_status().value,
+                "status": record.status.value,
+            }
+        )
+
+    async def put_endpoint(request: Request) -> Response:
+        name = check_name(request.path_params["name"], "endpoint name")
+        body = require_object(await read_json(request), ("status",))
+        if "status" not in body:
+            raise ApiError(
+                422, 'missing field "status"; expected {"status": "ready"} or "notready"'
+            )
+        return endpoint_answer(name, check_status(body["status"]))
+
+    async def post_ready(request: Request) -> Response:
+        name = check_name(request.path_params["name"], "endpoint name")
+        await read_json(request)
+        return endpoint_answer(name, Status.READY)
+
+    async def post_notready(request: Request) -> Response:
+        name = check_name(request.path_params["name"], "endpoint name")
+        await read_json(request)
+        return endpoint_answer(name, Status.NOTREADY)
+
+    async def post_instance(request: Request) -> Response:
+        instance = parse_instance(await read_json(request))
+        try:
+            is_new = state.register_instance(instance, clock())
+        except CapacityError as exc:
+            raise ApiError(422, str(exc)) from None
+        body = {
+            "instance_id": instance.instance_id,
+            "instances": len(state.instances),
+            "url": instance.url,
+        }
+        return json_response(body, 201 if is_new else 200)
+
+    async def delete_instance(request: Request) -> Response:
+        text = request.path_params["instance_id"]
+        if not text.isdigit() or int(text) > MAX_INSTANCE_ID:
+            raise ApiError(
+                422,
+                f"instance_id {text!r} is invalid: expected an integer from 0 to {MAX_INSTANCE_ID}",
+            )
+        await read_json(request)
+        instance_id = int(text)
+        if not any(key[3] == instance_id for key in state.instances):
+            raise ApiError(404, f"no instance has instance_id {instance_id}")
+        removed = state.remove_instances(instance_id, clock())
+        return json_response({"instance_id": instance_id, "removed": removed})
+
+    async def post_heartbeat(request: Request) -> Response:
+        pid = check_pid(await read_json(request))
+        state.heartbeat(clock(), pid)
+        return json_response({"life": state.life.number, "status": "alive"})
+
+    async def get_status(request: Request) -> Response:
+        if settings.mode is Mode.FRONTEND:
+            answer = verdicts.frontend_health()
+        else:
+            answer = verdicts.health(clock())
+        return Response(answer.body, media_type=JSON)
+
+    async def refuse(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ApiError):
+            return json_response({"error": exc.message}, exc.status_code)
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        else:
+            message = f"no such path: {request.url.path}"
+        return Response(
+            dumps({"error": message}),
+            status_code=exc.status_code,
+            headers=exc.headers,
+            media_type=JSON,
+        )
+
+    routes = [
+        Route("/v1/endpoints/{name}", put_endpoint, methods=["PUT"]),
+        Route("/v1/endpoints/{name}/ready", post_ready, methods=["POST"]),
+        Route("/v1/endpoints/{name}/notready", post_notready, methods=["POST"]),
+        Route("/v1/instances", post_instance, methods=["POST"]),
+        Route("/v1/instances/{instance_id}", delete_instance, methods=["DELETE"]),
+        Route("/v1/heartbeat", post_heartbeat, methods=["POST"]),
+        Route("/v1/session", SessionEndpoint(state, clock, stopping), methods=["POST"]),
+        Route("/v1/status", get_status, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: refuse, ApiError: refuse})

@@ -1,0 +1,326 @@
+"""What the sidecar knows about its worker, and the only place where health is decided.
+
+This module does no I/O and reads no clock: every call that can change something takes
+`now` (seconds on a monotonic clock) from its caller, and every change is reported as a
+`Transition` to the subscribers. The probe server reads the state; the worker's socket
+writes it; everything else subscribes.
+
+A worker's *life* (contract section 6) begins when the sidecar starts and, after a life
+has ended, with the worker's next signal. Ending a life makes every endpoint `notready`,
+drops the instances it registered and fails the live path until the next life begins.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+MAX_ENDPOINTS = 4096
+MAX_INSTANCES = 65536
+
+
+class Status(enum.Enum):
+    """An endpoint's status, and the worker's overall status, as Dynamo spells them."""
+
+    READY = "ready"
+    NOTREADY = "notready"
+
+
+class Liveness(enum.Enum):
+    """What the live path's status code means (`DYN_SIDECAR_LIVENESS`)."""
+
+    STARTED = "started"
+    HEALTH = "health"
+
+
+class Subject(enum.Enum):
+    """What a transition is about."""
+
+    ENDPOINT = "endpoint"
+    WORKER = "worker"
+    LIFE = "life"
+    DRAIN = "drain"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One change of state, with how long the old state had lasted."""
+
+    subject: Subject
+    name: str
+    old: str
+    new: str
+    at: float
+    after: float
+    reason: str = ""
+
+    def describe(self) -> str:
+        """The log line a person reads, e.g. `generate: notready -> ready after 41.2s`."""
+        line = f"{self.name}: {self.old} -> {self.new} after {self.after:.1f}s"
+        return f"{line} ({self.reason})" if self.reason else line
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A Dynamo instance registered by the worker, shown on the frontend health path."""
+
+    namespace: str
+    component: str
+    endpoint: str
+    instance_id: int
+    transport: Mapping[str, object]
+    model: bool
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.namespace, self.component, self.endpoint, self.instance_id)
+
+    @property
+    def url(self) -> str:
+        return f"dyn://{self.namespace}.{self.component}.{self.endpoint}"
+
+
+@dataclass
+class EndpointRecord:
+    """An endpoint's current status, since when, and how often it has changed."""
+
+    status: Status
+    since: float
+    transitions: int = 0
+
+
+@dataclass
+class Life:
+    """One run of the worker, from its first signal to its death."""
+
+    number: int
+    began_at: float
+    ever_ready: bool = False
+    ended_at: float | None = None
+    end_reason: str = ""
+    sessions: int = 0
+    last_heartbeat: float | None = None
+    pid: int | None = None
+
+
+class CapacityError(Exception):
+    """The worker asked for more endpoints or instances than the sidecar keeps."""
+
+
+Subscriber = Callable[[Transition], None]
+
+
+@dataclass
+class HealthState:
+    """Endpoints, instances and the worker's current life; decides every answer."""
+
+    required: tuple[str, ...]
+    starting: Status
+    started_at: float
+    liveness: Liveness = Liveness.STARTED
+    endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
+    instances: dict[tuple[str, str, str, int], Instance] = field(default_factory=dict)
+    draining: bool = False
+    version: int = 0
+    life: Life = field(init=False)
+    _status: Status = field(init=False)
+    _status_since: float = field(init=False)
+    _subscribers: list[Subscriber] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.life = Life(number=1, began_at=self.started_at)
+        self._seed_required(self.started_at)
+        self._status = self._decide_status()
+        self._status_since = self.started_at
+        self.life.ever_ready = self._status is Status.READY
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def status(self) -> Status:
+        """The worker's overall status, before draining is taken into account."""
+        return self._status
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker's current life is running."""
+        return self.life.ended_at is None
+
+    def live(self) -> tuple[bool, str]:
+        """The live path's verdict and, when it fails, why (contract section 3)."""
+        if not self.alive:
+            return False, f"worker life {self.life.number} ended: {self.life.end_reason}"
+        if self.liveness is Liveness.HEALTH:
+            if self._status is Status.READY:
+                return True, ""
+            return False, "the worker is not ready"
+        if not self.life.ever_ready:
+            return False, "the worker has not been ready yet in this life"
+        return True, ""
+
+    def sorted_instances(self) -> list[Instance]:
+        return [self.instances[key] for key in sorted(self.instances)]
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    # -- writing: the worker's signals -----------------------------------------------------
+
+    def set_endpoint(self, name: str, status: Status, now: float) -> EndpointRecord:
+        """The worker serves (or stops serving) an endpoint."""
+        self._signal(now)
+        record = self.endpoints.get(name)
+        if record is None:
+            if len(self.endpoints) >= MAX_ENDPOINTS:
+                raise CapacityError(f"the sidecar keeps at most {MAX_ENDPOINTS} endpoints")
+            # An endpoint the worker never mentioned counts as not ready since its life began,
+            # so the first "ready" reports how long the model took to load.
+            record = EndpointRecord(Status.NOTREADY, self.life.began_at)
+            self.endpoints[name] = record
+            self.version += 1
+        if record.status is not status:
+            self._change_endpoint(name, record, status, now)
+        self._reconsider(now)
+        return record
+
+    def register_instance(self, instance: Instance, now: float) -> bool:
+        """Add (or replace) an instance; returns whether it was new."""
+        self._signal(now)
+        is_new = instance.key not in self.instances
+        if is_new and len(self.instances) >= MAX_INSTANCES:
+            raise CapacityError(f"the sidecar keeps at most {MAX_INSTANCES} instances")
+        self.instances[instance.key] = instance
+        self.version += 1
+        return is_new
+
+    def remove_instances(self, instance_id: int, now: float) -> int:
+        """Remove every instance with this id; returns how many there were."""
+        self._signal(now)
+        doomed = [key for key in self.instances if key[3] == instance_id]
+        for key in doomed:
+            del self.instances[key]
+        if doomed:
+            self.version += 1
+        return len(doomed)
+
+    def heartbeat(self, now: float, pid: int | None = None) -> None:
+        """The worker says it is alive."""
+        self._signal(now, pid)
+        self.life.last_heartbeat = now
+
+    def open_session(self, now: float, pid: int | None = None) -> int:
+        """The worker holds a connection open; returns the life it belongs to."""
+        self._signal(now, pid)
+        self.life.sessions += 1
+        return self.life.number
+
+    def close_session(self, life_number: int, now: float) -> None:
+        """A held connection closed: the last one of the current life ends that life."""
+        if life_number != self.life.number or not self.alive:
+            return
+        self.life.sessions -= 1
+        if self.life.sessions == 0:
+            self.end_life("its session connection closed", now)
+
+    # -- writing: faults and shutdown ------------------------------------------------------
+
+    def end_life(self, reason: str, now: float) -> None:
+        """The worker died or hung: nothing it served is ready any more."""
+        if not self.alive:
+            return
+        for name, record in self.endpoints.items():
+            if record.status is Status.READY:
+                self._change_endpoint(name, record, Status.NOTREADY, now)
+        self.instances.clear()
+        self.life.ended_at = now
+        self.life.end_reason = reason
+        self.version += 1
+        self._publish(
+            Transition(
+                Subject.LIFE,
+                f"worker life {self.life.number}",
+                "alive",
+                "ended",
+                now,
+                now - self.life.began_at,
+                reason,
+            )
+        )
+        self._reconsider(now)
+
+    def drain(self, now: float) -> None:
+        """The sidecar is shutting down: readiness fails at once, liveness is untouched."""
+        if self.draining:
+            return
+        self.draining = True
+        self.version += 1
+        self._publish(
+            Transition(Subject.DRAIN, "sidecar", "serving", "draining", now, now - self.started_at)
+        )
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _signal(self, now: float, pid: int | None = None) -> None:
+        """Any word from the worker after its life ended begins a new life."""
+        if not self.alive:
+            self._begin_life(now)
+        if pid is not None:
+            self.life.pid = pid
+
+    def _begin_life(self, now: float) -> None:
+        previous = self.life
+        self.life = Life(number=previous.number + 1, began_at=now)
+        self.endpoints.clear()
+        self._seed_required(now)
+        self.version += 1
+        self._publish(
+            Transition(
+                Subject.LIFE,
+                f"worker life {self.life.number}",
+                "ended",
+                "alive",
+                now,
+                now - (previous.ended_at or now),
+            )
+        )
+        self._reconsider(now)
+
+    def _seed_required(self, now: float) -> None:
+        # Required endpoints start each life at the starting status, as Dynamo seeds them.
+        for name in self.required:
+            self.endpoints[name] = EndpointRecord(self.starting, now)
+
+    def _decide_status(self) -> Status:
+        if self.required:
+            ready = all(self.endpoints[name].status is Status.READY for name in self.required)
+        elif self.endpoints:
+            ready = all(record.status is Status.READY for record in self.endpoints.values())
+        else:
+            ready = self.starting is Status.READY and self.alive
+        return Status.READY if ready else Status.NOTREADY
+
+    def _reconsider(self, now: float) -> None:
+        status = self._decide_status()
+        if status is Status.READY:
+            self.life.ever_ready = True
+        if status is self._status:
+            return
+        old, self._status = self._status, status
+        after, self._status_since = now - self._status_since, now
+        self.version += 1
+        self._publish(Transition(Subject.WORKER, "worker", old.value, status.value, now, after))
+
+    def _change_endpoint(
+        self, name: str, record: EndpointRecord, status: Status, now: float
+    ) -> None:
+        old, after = record.status, now - record.since
+        record.status, record.since = status, now
+        record.transitions += 1
+        self.version += 1
+        self._publish(Transition(Subject.ENDPOINT, name, old.value, status.value, now, after))
+
+    def _publish(self, transition: Transition) -> None:
+        for subscriber in self._subscribers:
+            subscriber(transition)
+

@@ -1,0 +1,102 @@
+"""The read-only Starlette app on `DYN_SYSTEM_PORT`, the one the kubelet probes.
+
+Every route is `GET` (Starlette adds `HEAD`), and each answer is computed from the state
+in memory: no await on anything, no I/O beyond the response itself (contract section 3).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from sidecar.metrics import ProbeMetrics
+from sidecar.settings import METRICS_PATH, READY_PATH, SELF_LIVE_PATH, Mode, Settings
+from sidecar.verdict import Answer, Verdicts, dumps
+
+JSON = "application/json"
+SELF_LIVE_BODY = b'{"status":"live"}'
+
+
+def build_probe_app(
+    settings: Settings,
+    verdicts: Verdicts,
+    metrics: ProbeMetrics,
+    clock: Callable[[], float] = time.monotonic,
+) -> Starlette:
+    """The probe app for one state; its routes can only read."""
+
+    def answer(path: str, result: Answer) -> Response:
+        metrics.count(path, result.code)
+        return Response(result.body, status_code=result.code, media_type=JSON)
+
+    if settings.mode is Mode.FRONTEND:
+
+        def health(path: str) -> Response:
+            return answer(path, verdicts.frontend_health())
+
+        def live(path: str) -> Response:
+            return answer(path, verdicts.frontend_live())
+
+    else:
+
+        def health(path: str) -> Response:
+            return answer(path, verdicts.health(clock()))
+
+        def live(path: str) -> Response:
+            return answer(path, verdicts.live(clock()))
+
+    async def health_route(request: Request) -> Response:
+        return health(settings.health_path)
+
+    async def ready_route(request: Request) -> Response:
+        return health(READY_PATH)
+
+    async def live_route(request: Request) -> Response:
+        return live(settings.live_path)
+
+    async def self_live_route(request: Request) -> Response:
+        return answer(SELF_LIVE_PATH, Answer(200, SELF_LIVE_BODY))
+
+    async def metrics_route(request: Request) -> Response:
+        metrics.count(METRICS_PATH, 200)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def refuse(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        metrics.count(request.url.path, exc.status_code)
+        if exc.status_code == 405:
+            message = f"{request.method} is not allowed: the probe port is read-only (GET, HEAD)"
+        else:
+            message = f"no such path; the probe port serves {', '.join(sorted(metrics.paths))}"
+        return Response(
+            dumps({"error": message}),
+            status_code=exc.status_code,
+            headers=exc.headers,
+            media_type=JSON,
+        )
+
+    routes = [
+        Route(settings.health_path, health_route, methods=["GET"]),
+        Route(settings.live_path, live_route, methods=["GET"]),
+        Route(METRICS_PATH, metrics_route, methods=["GET"]),
+        Route(SELF_LIVE_PATH, self_live_route, methods=["GET"]),
+    ]
+    if settings.health_path != READY_PATH:
+        routes.append(Route(READY_PATH, ready_route, methods=["GET"]))
+    return Starlette(routes=routes, exception_handlers={HTTPException: refuse})
+
+
+def probe_paths(settings: Settings) -> tuple[str, ...]:
+    """Every path the probe port answers, for metrics labels and messages."""
+    return tuple(
+        dict.fromkeys(
+            (settings.health_path, settings.live_path, READY_PATH, METRICS_PATH, SELF_LIVE_PATH)
+        )
+    )

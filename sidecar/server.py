@@ -1,0 +1,233 @@
+"""Wiring: build the state and both apps, run both uvicorn servers in one loop, shut down.
+
+The supervisor owns the signals, not uvicorn: a handler only sets an event, and `serve`
+reads top to bottom: bind, start, wait for a signal, drain, stop, clean up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+
+import uvicorn
+
+from sidecar.control_app import build_control_app
+from sidecar.health import HealthState, Subject, Transition
+from sidecar.metrics import ProbeMetrics
+from sidecar.probe_app import build_probe_app, probe_paths
+from sidecar.settings import Kube, Settings
+from sidecar.verdict import Verdicts
+
+logger = logging.getLogger("dynamo_health_sidecar")
+
+SOCKET_MODE = 0o660
+# Time for a held session to see the end of its response before connections are cut.
+GRACEFUL_SECONDS = 1
+
+
+class StartupError(Exception):
+    """The sidecar cannot start for a reason outside its settings (a port in use, say)."""
+
+
+class Server(uvicorn.Server):
+    """A uvicorn server that leaves the signals to the supervisor."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def bind_probe_socket(host: str, port: int) -> socket.socket:
+    """Listen on every interface by default: IPv6 with IPv4 mapped, or IPv4 alone."""
+    candidates = (
+        [(host, socket.AF_INET6 if ":" in host else socket.AF_INET)]
+        if host
+        else [
+            ("::", socket.AF_INET6),
+            ("0.0.0.0", socket.AF_INET),
+        ]
+    )
+    last_error: OSError | None = None
+    for address, family in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if not host else 1)
+            sock.bind((address, port))
+            sock.listen(1024)
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+            if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) or host:
+                break
+            continue
+        sock.setblocking(False)
+        return sock
+    shown = host or "every interface"
+    raise StartupError(f"cannot listen on {shown} port {port}: {last_error}")
+
+
+def bind_control_socket(path: Path) -> socket.socket:
+    """Create the worker's socket with mode 0660, replacing a stale one from a previous run."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create the socket's directory {path.parent}: {exc}") from None
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o117)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot create the worker's socket {path}: {exc}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, SOCKET_MODE)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)
+        logger.info("replaced the stale socket %s left by a previous run", path)
+        return
+    finally:
+        probe.close()
+    raise StartupError(f"{path} is in use by another running process; is a sidecar already there?")
+
+
+def log_transition(transition: Transition) -> None:
+    level = (
+        logging.WARNING
+        if transition.subject is Subject.LIFE and transition.new == "ended"
+        else logging.INFO
+    )
+    fields = {
+        "event": "transition",
+        "subject": transition.subject.value,
+        "name": transition.name,
+        "old": transition.old,
+        "new": transition.new,
+        "after_seconds": round(transition.after, 3),
+    }
+    if transition.reason:
+        fields["reason"] = transition.reason
+    logger.log(level, transition.describe(), extra={"fields": fields})
+
+
+def describe_start(settings: Settings, probe: socket.socket, control: Path) -> str:
+    host, port = probe.getsockname()[:2]
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    required = ",".join(settings.required_endpoints) or "none (every announced endpoint counts)"
+    return (
+        f"serving probes on http://{where} (health {settings.health_path}, live "
+        f"{settings.live_path}, ready /ready, metrics /metrics) and the worker's socket on "
+        f"{control}; mode {settings.mode.value}, required endpoints {required}, starting status "
+        f"{settings.starting_status.value}, liveness {settings.liveness.value}, drain "
+        f"{settings.drain_seconds:g}s"
+    )
+
+
+def uvicorn_config(app: object) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
+    )
+
+
+async def serve(settings: Settings) -> int:
+    """Run the sidecar until SIGTERM or SIGINT; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    clock = time.monotonic
+    state = HealthState(
+        required=settings.required_endpoints,
+        starting=settings.starting_status,
+        started_at=clock(),
+        liveness=settings.liveness,
+    )
+    state.subscribe(log_transition)
+    verdicts = Verdicts(state)
+    metrics = ProbeMetrics(state, probe_paths(settings), clock=clock)
+    stopping = asyncio.Event()
+
+    probe_sock = bind_probe_socket(settings.host, settings.port)
+    try:
+        control_sock = bind_control_socket(settings.socket_path)
+    except StartupError:
+        probe_sock.close()
+        raise
+    control_inode = os.stat(settings.socket_path).st_ino
+
+    probe = Server(uvicorn_config(build_probe_app(settings, verdicts, metrics, clock)))
+    control = Server(uvicorn_config(build_control_app(settings, state, verdicts, stopping, clock)))
+    servers = [
+        asyncio.create_task(probe.serve(sockets=[probe_sock]), name="probe-server"),
+        asyncio.create_task(control.serve(sockets=[control_sock]), name="control-server"),
+    ]
+    logger.info(describe_start(settings, probe_sock, settings.socket_path))
+    if settings.kube is Kube.AUTO and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        logger.info("Kubernetes reporting is not in this version; events and conditions are off")
+
+    stopped = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopped, *servers], return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if stopped in done:
+        stop.clear()
+        await drain(state, settings.drain_seconds, stop, clock)
+    else:
+        logger.error("a server stopped unexpectedly; shutting down")
+        exit_code = 1
+        stopped.cancel()
+
+    # Ordered shutdown: end held sessions (the worker's life goes on), stop both servers,
+    # then remove the socket file if it is still ours.
+    stopping.set()
+    probe.should_exit = control.should_exit = True
+    await asyncio.gather(*servers, return_exceptions=True)
+    with contextlib.suppress(OSError):
+        if os.stat(settings.socket_path).st_ino == control_inode:
+            settings.socket_path.unlink()
+    logger.info("stopped")
+    return exit_code
+
+
+async def drain(
+    state: HealthState, seconds: float, again: asyncio.Event, clock: Callable[[], float]
+) -> None:
+    """Fail readiness at once and keep answering for `seconds`; a second signal cuts it short."""
+    state.drain(clock())
+    logger.info("draining: readiness fails, liveness holds; exiting in %gs", seconds)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(again.wait(), timeout=seconds)

@@ -1,0 +1,329 @@
+"""One frozen `Settings` built once from the environment and the `serve` flags.
+
+Every setting has a variable (what the chart sets) and a flag (what a person types); the
+flag wins, and an empty variable counts as unset, as in Dynamo. Each value is checked
+here, at start, and a bad one raises `SettingsError` carrying the single line the user
+sees: the variable or flag, the value, and what is allowed. Nothing starts
+half-configured (contract section 1).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from sidecar.health import Liveness, Status
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+NAME_RULE = "1 to 128 characters of A-Z a-z 0-9 _ . -"
+# RFC 3986 path characters, without `{}` (Starlette's parameters) and without `?#`.
+PATH_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,1023}")
+SUN_PATH_MAX = 107
+DEFAULT_SOCKET = "/var/run/dynamo/health.sock"
+# Paths the probe port serves besides the configurable ones.
+READY_PATH = "/ready"
+METRICS_PATH = "/metrics"
+SELF_LIVE_PATH = "/sidecar/live"
+
+
+class Mode(enum.Enum):
+    WORKER = "worker"
+    FRONTEND = "frontend"
+
+
+class Kube(enum.Enum):
+    ON = "on"
+    OFF = "off"
+    AUTO = "auto"
+
+
+class LogFormat(enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(enum.Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; `str()` is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 9090
+    host: str = ""
+    starting_status: Status = Status.NOTREADY
+    health_path: str = "/health"
+    live_path: str = "/live"
+    required_endpoints: tuple[str, ...] = ()
+    mode: Mode = Mode.WORKER
+    socket_path: Path = Path(DEFAULT_SOCKET)
+    drain_seconds: float = 5.0
+    liveness: Liveness = Liveness.STARTED
+    kube: Kube = Kube.AUTO
+    log_format: LogFormat = LogFormat.TEXT
+    log_level: LogLevel = LogLevel.INFO
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its variable, its flag and how its text becomes a value."""
+
+    field: str
+    variable: str
+    flag: str
+    help: str
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+OPTIONS: tuple[Option, ...] = (
+    Option("enabled", "DYN_SYSTEM_ENABLED", "", "must be true: the sidecar exists to serve probes"),
+    Option("port", "DYN_SYSTEM_PORT", "--port", "TCP port of the probe server (default 9090)"),
+    Option(
+        "host",
+        "DYN_SIDECAR_HOST",
+        "--host",
+        "address the probe server listens on (default: every interface, IPv6 and IPv4)",
+    ),
+    Option(
+        "starting_status",
+        "DYN_SYSTEM_STARTING_HEALTH_STATUS",
+        "--starting-health-status",
+        "status before the worker says anything: ready or notready (default notready)",
+    ),
+    Option(
+        "health_path", "DYN_SYSTEM_HEALTH_PATH", "--health-path", "health path (default /health)"
+    ),
+    Option("live_path", "DYN_SYSTEM_LIVE_PATH", "--live-path", "live path (default /live)"),
+    Option(
+        "required_endpoints",
+        "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS",
+        "--endpoints",
+        'endpoints that must be ready: ["generate"], [generate] or generate,clear_kv_blocks',
+    ),
+    Option("mode", "DYN_SIDECAR_MODE", "--mode", "worker (default) or frontend"),
+    Option(
+        "socket_path",
+        "DYN_SIDECAR_SOCKET",
+        "--socket",
+        f"path of the worker's Unix socket (default {DEFAULT_SOCKET})",
+    ),
+    Option(
+        "drain_seconds",
+        "DYN_SIDECAR_DRAIN_SECONDS",
+        "--drain-seconds",
+        "after SIGTERM, seconds to keep answering (not ready) before exiting (default 5)",
+    ),
+    Option(
+        "liveness",
+        "DYN_SIDECAR_LIVENESS",
+        "--liveness",
+        "what the live path means: started (default) or health",
+    ),
+    Option(
+        "kube",
+        "DYN_SIDECAR_KUBE",
+        "--kube",
+        "Kubernetes events and pod condition: on, off or auto (default auto)",
+    ),
+    Option("log_format", "DYN_SIDECAR_LOG_FORMAT", "--log-format", "text (default) or json"),
+    Option(
+        "log_level", "DYN_SIDECAR_LOG_LEVEL", "--log-level", "debug, info (default), warning, error"
+    ),
+)
+
+# Settings of the contract whose feature this version does not have yet. Accepting them
+# silently would leave a user believing a worker is watched when it is not.
+NOT_YET: Mapping[str, str] = {
+    "DYN_SIDECAR_NOTIFY_SOCKET": "sd_notify",
+    "DYN_SIDECAR_STATE_FILE": "the state file",
+    "DYN_SIDECAR_WATCH_PROCESS": "the process watch",
+    "DYN_SIDECAR_HEARTBEAT_TIMEOUT": "the heartbeat timeout",
+}
+
+
+def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None) -> Settings:
+    """Build the settings: flags over variables over defaults; raise on the first bad one."""
+    flags = flags or {}
+    raw: dict[str, tuple[str, str]] = {}
+    for option in OPTIONS:
+        flag_value = flags.get(option.field)
+        if flag_value is not None:
+            raw[option.field] = (option.flag, flag_value)
+        elif environ.get(option.variable, "") != "":
+            raw[option.field] = (option.variable, environ[option.variable])
+    for variable, feature in NOT_YET.items():
+        if environ.get(variable, ""):
+            raise SettingsError(
+                f"{variable}={environ[variable]!r} is not supported: {feature} is not in this "
+                "version of the sidecar; unset it"
+            )
+    values: dict[str, object] = {}
+    for name, (source, text) in raw.items():
+        values[name] = PARSERS[name](source, text)
+    values.pop("enabled", None)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _check_paths(settings, raw)
+    if settings.kube is Kube.ON:
+        source, text = raw["kube"]
+        raise SettingsError(
+            f"{source}={text!r} is not supported: Kubernetes reporting is not in this version "
+            "of the sidecar; use off or auto"
+        )
+    return settings
+
+
+def _invalid(source: str, text: str, allowed: str) -> SettingsError:
+    return SettingsError(f"{source}={text!r} is invalid: {allowed}")
+
+
+def _parse_enabled(source: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        raise SettingsError(
+            f"{source}={text!r} turns the probe server off, and a sidecar that serves no probes "
+            "is a misconfiguration: set it to true or unset it"
+        )
+    raise _invalid(source, text, "expected true or false")
+
+
+def _parse_port(source: str, text: str) -> int:
+    value = text.strip()
+    if value in ("-1", "0"):
+        raise SettingsError(
+            f"{source}={text!r} turns the probe server off, and a sidecar that serves no probes "
+            "is a misconfiguration: use a port from 1 to 65535"
+        )
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise _invalid(source, text, "expected a port from 1 to 65535")
+    return int(value)
+
+
+def _parse_host(source: str, text: str) -> str:
+    value = text.strip()
+    if not value or any(c.isspace() or c in "/[]" for c in value):
+        raise _invalid(source, text, "expected an IP address or host name, such as 0.0.0.0 or ::")
+    return value
+
+
+def _parse_path(source: str, text: str) -> str:
+    if not PATH_PATTERN.fullmatch(text):
+        raise _invalid(
+            source,
+            text,
+            "expected a URL path that starts with / (letters, digits and - . _ ~ / only, "
+            "no ? # { } or spaces)",
+        )
+    return text
+
+
+def _parse_endpoint_list(source: str, text: str) -> tuple[str, ...]:
+    value = text.strip()
+    items: list[object]
+    if value.startswith("[") and value.endswith("]"):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            # `export X="["generate"]"` leaves `[generate]`: the shell ate the quotes.
+            items = [part.strip().strip("'\"") for part in value[1:-1].split(",")]
+            if items == [""]:
+                items = []
+        else:
+            if not isinstance(decoded, list):
+                raise _invalid(source, text, "expected a list of endpoint names")
+            items = decoded
+    else:
+        items = [part.strip() for part in value.split(",")]
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not NAME_PATTERN.fullmatch(item):
+            raise _invalid(
+                source,
+                text,
+                f"endpoint names are {NAME_RULE}, given as "
+                '["generate"], [generate] or generate,clear_kv_blocks',
+            )
+        names.append(item)
+    return tuple(dict.fromkeys(names))
+
+
+def _parse_socket(source: str, text: str) -> Path:
+    if "\0" in text or text.endswith("/"):
+        raise _invalid(source, text, "expected a file path for the Unix socket")
+    if len(text.encode()) > SUN_PATH_MAX:
+        raise _invalid(source, text, f"a Unix socket path is at most {SUN_PATH_MAX} bytes")
+    return Path(text)
+
+
+def _parse_seconds(source: str, text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or value > 86400:
+        raise _invalid(
+            source, text, "expected a number of seconds from 0 to 86400, such as 5 or 2.5"
+        )
+    return value
+
+
+def _enum_parser(kind: type[E]) -> Callable[[str, str], E]:
+    allowed = " or ".join(", ".join(m.value for m in kind).rsplit(", ", 1))
+
+    def parse(source: str, text: str) -> E:
+        try:
+            return kind(text.strip().lower())
+        except ValueError:
+            raise _invalid(source, text, f"expected {allowed}") from None
+
+    return parse
+
+
+PARSERS: Mapping[str, Callable[[str, str], object]] = {
+    "enabled": _parse_enabled,
+    "port": _parse_port,
+    "host": _parse_host,
+    "starting_status": _enum_parser(Status),
+    "health_path": _parse_path,
+    "live_path": _parse_path,
+    "required_endpoints": _parse_endpoint_list,
+    "mode": _enum_parser(Mode),
+    "socket_path": _parse_socket,
+    "drain_seconds": _parse_seconds,
+    "liveness": _enum_parser(Liveness),
+    "kube": _enum_parser(Kube),
+    "log_format": _enum_parser(LogFormat),
+    "log_level": _enum_parser(LogLevel),
+}
+
+
+def _check_paths(settings: Settings, raw: Mapping[str, tuple[str, str]]) -> None:
+    """The live path must not shadow another path the probe port serves."""
+    reserved = {METRICS_PATH, SELF_LIVE_PATH}
+    for field in ("health_path", "live_path"):
+        path = getattr(settings, field)
+        if path in reserved:
+            source, text = raw[field]
+            raise _invalid(
+                source, text, f"{path} is served by the sidecar itself; choose another path"
+            )
+    if settings.live_path in (settings.health_path, READY_PATH):
+        culprit = "live_path" if "live_path" in raw else "health_path"
+        source, text = raw[culprit]
+        raise _invalid(
+            source, text, f"the live path must differ from the health path and from {READY_PATH}"
+        )

@@ -1,0 +1,130 @@
+"""What each probe path answers for a given state: a status code and the body's bytes.
+
+Pure functions of the state and the clock, so the answers are tested without HTTP. The
+bytes are Dynamo's: compact JSON with sorted keys (contract section 3). The endpoint map
+and the instance list can be large, so their JSON is cached by the state's version and
+only the uptime is formatted per request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sidecar.health import HealthState, Instance, Status
+
+OK = 200
+UNAVAILABLE = 503
+
+FRONTEND_LIVE_BODY = b'{"message":"Service is live","status":"live"}'
+
+
+@dataclass(frozen=True)
+class Answer:
+    code: int
+    body: bytes
+
+
+def dumps(value: object) -> bytes:
+    """Dynamo's JSON: compact, keys sorted."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def uptime(state: HealthState, now: float) -> dict[str, int]:
+    elapsed = max(0.0, now - state.started_at)
+    secs = int(elapsed)
+    return {"nanos": int((elapsed - secs) * 1_000_000_000), "secs": secs}
+
+
+def instance_json(instance: Instance) -> dict[str, object]:
+    return {
+        "component": instance.component,
+        "endpoint": instance.endpoint,
+        "instance_id": instance.instance_id,
+        "namespace": instance.namespace,
+        "transport": instance.transport,
+    }
+
+
+class Verdicts:
+    """The answers of one state, with the costly JSON cached per state version."""
+
+    def __init__(self, state: HealthState) -> None:
+        self.state = state
+        self._endpoints_version = -1
+        self._endpoints_json = b"{}"
+        self._frontend_version = -1
+        self._frontend_body = b""
+
+    def worker_status(self) -> Status:
+        """The status the health path reports: draining counts as not ready."""
+        if self.state.draining:
+            return Status.NOTREADY
+        return self.state.status
+
+    def health(self, now: float) -> Answer:
+        """The health path and `/ready` in worker mode."""
+        status = self.worker_status()
+        code = OK if status is Status.READY else UNAVAILABLE
+        return Answer(code, self._worker_body(status, now, {}))
+
+    def live(self, now: float) -> Answer:
+        """The live path in worker mode: the health body plus the live verdict."""
+        live, reason = self.state.live()
+        extra: dict[str, object] = {"live": live}
+        if not live:
+            extra["reason"] = reason
+        return Answer(
+            OK if live else UNAVAILABLE, self._worker_body(self.worker_status(), now, extra)
+        )
+
+    def frontend_health(self) -> Answer:
+        """The health path and `/ready` in frontend mode: 200 unless draining."""
+        if self._frontend_version != self.state.version:
+            self._frontend_body = dumps(self._frontend_json())
+            self._frontend_version = self.state.version
+        return Answer(UNAVAILABLE if self.state.draining else OK, self._frontend_body)
+
+    def frontend_live(self) -> Answer:
+        return Answer(OK, FRONTEND_LIVE_BODY)
+
+    def _frontend_json(self) -> dict[str, object]:
+        instances = self.state.sorted_instances()
+        if self.state.draining:
+            return {
+                "endpoints": _model_urls(instances),
+                "instances": [instance_json(i) for i in instances],
+                "message": "Service is shutting down",
+                "status": "shutting_down",
+            }
+        if not instances:
+            return {"instances": [], "message": "No endpoints available", "status": "unhealthy"}
+        return {
+            "endpoints": _model_urls(instances),
+            "instances": [instance_json(i) for i in instances],
+            "status": "healthy",
+        }
+
+    def _worker_body(self, status: Status, now: float, extra: dict[str, object]) -> bytes:
+        # Keys sorted: draining, endpoints, live, reason, status, uptime.
+        parts = [b"{"]
+        if self.state.draining:
+            parts.append(b'"draining":true,')
+        parts += [b'"endpoints":', self._endpoints(), b","]
+        for key, value in extra.items():
+            parts += [dumps(key), b":", dumps(value), b","]
+        parts += [b'"status":', dumps(status.value), b',"uptime":', dumps(uptime(self.state, now))]
+        parts.append(b"}")
+        return b"".join(parts)
+
+    def _endpoints(self) -> bytes:
+        if self._endpoints_version != self.state.version:
+            statuses = {name: r.status.value for name, r in self.state.endpoints.items()}
+            self._endpoints_json = dumps(statuses)
+            self._endpoints_version = self.state.version
+        return self._endpoints_json
+
+
+def _model_urls(instances: list[Instance]) -> list[str]:
+    # Dynamo lists the endpoints that serve a model, not every endpoint an instance has.
+    return sorted({i.url for i in instances if i.model})

@@ -1,0 +1,323 @@
+"""The state machine, pure: every call takes the clock, every change is a Transition."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.health import (
+    MAX_ENDPOINTS,
+    CapacityError,
+    HealthState,
+    Instance,
+    Liveness,
+    Status,
+    Subject,
+    Transition,
+)
+
+READY, NOTREADY = Status.READY, Status.NOTREADY
+
+
+def make_state(
+    required: tuple[str, ...] = (),
+    starting: Status = NOTREADY,
+    liveness: Liveness = Liveness.STARTED,
+) -> tuple[HealthState, list[Transition]]:
+    state = HealthState(required=required, starting=starting, started_at=100.0, liveness=liveness)
+    seen: list[Transition] = []
+    state.subscribe(seen.append)
+    return state, seen
+
+
+def instance(endpoint: str = "generate", instance_id: int = 7) -> Instance:
+    return Instance("dynamo", "backend", endpoint, instance_id, {"nats_tcp": "x"}, True)
+
+
+def statuses(state: HealthState) -> dict[str, str]:
+    return {name: record.status.value for name, record in state.endpoints.items()}
+
+
+def test_health_required_endpoints_start_at_the_starting_status() -> None:
+    state, _ = make_state(("generate",), starting=READY)
+    assert statuses(state) == {"generate": "ready"}
+    assert state.status is READY
+
+
+def test_health_required_endpoint_never_announced_holds_readiness_back() -> None:
+    state, _ = make_state(("generate", "clear_kv_blocks"))
+    state.set_endpoint("generate", READY, 101.0)
+    assert statuses(state) == {"generate": "ready", "clear_kv_blocks": "notready"}
+    assert state.status is NOTREADY
+
+
+def test_health_ready_when_every_required_endpoint_is_ready() -> None:
+    state, _ = make_state(("generate", "clear_kv_blocks"))
+    state.set_endpoint("generate", READY, 101.0)
+    state.set_endpoint("clear_kv_blocks", READY, 102.0)
+    assert state.status is READY
+
+
+def test_health_endpoint_not_required_never_holds_readiness_back() -> None:
+    state, _ = make_state(("generate",))
+    state.set_endpoint("load_metrics", NOTREADY, 101.0)
+    state.set_endpoint("generate", READY, 102.0)
+    assert state.status is READY
+    assert statuses(state) == {"generate": "ready", "load_metrics": "notready"}
+
+
+def test_health_without_required_endpoints_starting_status_holds_until_one_is_announced() -> None:
+    state, _ = make_state(starting=READY)
+    assert state.status is READY
+    state.set_endpoint("generate", NOTREADY, 101.0)
+    assert state.status is NOTREADY
+
+
+def test_health_without_required_endpoints_every_announced_endpoint_must_be_ready() -> None:
+    state, _ = make_state()
+    state.set_endpoint("generate", READY, 101.0)
+    state.set_endpoint("load_metrics", NOTREADY, 101.0)
+    assert state.status is NOTREADY
+    state.set_endpoint("load_metrics", READY, 102.0)
+    assert state.status is READY
+
+
+def test_health_withdrawn_endpoint_stays_listed_as_notready() -> None:
+    state, _ = make_state(("generate",))
+    state.set_endpoint("generate", READY, 101.0)
+    state.set_endpoint("generate", NOTREADY, 102.0)
+    assert statuses(state) == {"generate": "notready"}
+    assert state.status is NOTREADY
+
+
+def test_health_transition_reports_time_since_the_life_began_for_a_first_announcement() -> None:
+    state, seen = make_state()
+    state.set_endpoint("generate", READY, 141.5)
+    assert seen[0] == Transition(Subject.ENDPOINT, "generate", "notready", "ready", 141.5, 41.5)
+    assert seen[0].describe() == "generate: notready -> ready after 41.5s"
+
+
+def test_health_overall_status_change_is_a_transition() -> None:
+    state, seen = make_state(("generate",))
+    state.set_endpoint("generate", READY, 110.0)
+    worker = [t for t in seen if t.subject is Subject.WORKER]
+    assert worker == [Transition(Subject.WORKER, "worker", "notready", "ready", 110.0, 10.0)]
+
+
+def test_health_repeating_a_status_records_no_transition() -> None:
+    state, seen = make_state(("generate",))
+    state.set_endpoint("generate", READY, 110.0)
+    count = len(seen)
+    state.set_endpoint("generate", READY, 111.0)
+    assert len(seen) == count
+    assert state.endpoints["generate"].transitions == 1
+
+
+def test_health_transitions_are_counted_per_endpoint() -> None:
+    state, _ = make_state()
+    for at, status in enumerate((READY, NOTREADY, READY)):
+        state.set_endpoint("generate", status, 101.0 + at)
+    assert state.endpoints["generate"].transitions == 3
+
+
+def test_health_live_fails_until_the_worker_has_been_ready_once() -> None:
+    state, _ = make_state(("generate",))
+    assert state.live() == (False, "the worker has not been ready yet in this life")
+    state.set_endpoint("generate", READY, 101.0)
+    assert state.live() == (True, "")
+
+
+def test_health_live_holds_when_a_ready_worker_becomes_busy_or_withdraws() -> None:
+    state, _ = make_state(("generate",))
+    state.set_endpoint("generate", READY, 101.0)
+    state.set_endpoint("generate", NOTREADY, 102.0)
+    assert state.live() == (True, "")
+
+
+def test_health_live_with_ready_starting_status_succeeds_at_once() -> None:
+    state, _ = make_state(("generate",), starting=READY)
+    assert state.live() == (True, "")
+
+
+def test_health_liveness_health_follows_the_status() -> None:
+    state, _ = make_state(("generate",), liveness=Liveness.HEALTH)
+    state.set_endpoint("generate", READY, 101.0)
+    assert state.live() == (True, "")
+    state.set_endpoint("generate", NOTREADY, 102.0)
+    assert state.live() == (False, "the worker is not ready")
+
+
+def test_health_end_of_life_makes_every_endpoint_notready_and_fails_live() -> None:
+    state, _ = make_state(("generate",))
+    state.set_endpoint("generate", READY, 101.0)
+    state.set_endpoint("load_metrics", READY, 101.0)
+    state.end_life("its process exited", 105.0)
+    assert statuses(state) == {"generate": "notready", "load_metrics": "notready"}
+    assert state.status is NOTREADY
+    assert state.live() == (False, "worker life 1 ended: its process exited")
+
+
+def test_health_end_of_life_drops_instances() -> None:
+    state, _ = make_state()
+    state.register_instance(instance(), 101.0)
+    state.end_life("its session connection closed", 102.0)
+    assert state.instances == {}
+
+
+def test_health_end_of_life_is_a_transition_with_its_reason() -> None:
+    state, seen = make_state()
+    state.end_life("its session connection closed", 130.0)
+    life = [t for t in seen if t.subject is Subject.LIFE]
+    assert life == [
+        Transition(
+            Subject.LIFE,
+            "worker life 1",
+            "alive",
+            "ended",
+            130.0,
+            30.0,
+            "its session connection closed",
+        )
+    ]
+
+
+def test_health_next_signal_after_a_life_ended_begins_a_new_life() -> None:
+    state, _ = make_state(("generate",), starting=READY)
+    state.set_endpoint("load_metrics", READY, 101.0)
+    state.end_life("its session connection closed", 102.0)
+    state.heartbeat(103.0)
+    assert state.life.number == 2
+    assert statuses(state) == {"generate": "ready"}
+    assert state.live() == (True, "")
+
+
+def test_health_new_life_starts_required_endpoints_at_the_starting_status_and_no_others() -> None:
+    state, _ = make_state(("generate",))
+    state.set_endpoint("generate", READY, 101.0)
+    state.set_endpoint("load_metrics", READY, 101.0)
+    state.end_life("its session connection closed", 102.0)
+    state.set_endpoint("other", NOTREADY, 103.0)
+    assert statuses(state) == {"generate": "notready", "other": "notready"}
+    assert state.live() == (False, "the worker has not been ready yet in this life")
+
+
+def test_health_last_session_closing_ends_the_life() -> None:
+    state, _ = make_state()
+    first = state.open_session(101.0, pid=10)
+    second = state.open_session(101.0)
+    state.close_session(first, 102.0)
+    assert state.alive
+    state.close_session(second, 103.0)
+    assert not state.alive
+    assert state.life.end_reason == "its session connection closed"
+
+
+def test_health_session_of_an_old_life_closing_changes_nothing() -> None:
+    state, _ = make_state()
+    old = state.open_session(101.0)
+    state.end_life("its process exited", 102.0)
+    state.open_session(103.0)
+    state.close_session(old, 104.0)
+    assert state.alive
+    assert state.life.number == 2
+
+
+def test_health_signal_records_the_pid() -> None:
+    state, _ = make_state()
+    state.heartbeat(101.0, pid=4242)
+    assert state.life.pid == 4242
+    assert state.life.last_heartbeat == 101.0
+
+
+def test_health_instances_with_one_id_are_removed_together() -> None:
+    state, _ = make_state()
+    state.register_instance(instance("generate", 7), 101.0)
+    state.register_instance(instance("clear_kv_blocks", 7), 101.0)
+    state.register_instance(instance("generate", 8), 101.0)
+    assert state.remove_instances(7, 102.0) == 2
+    assert [i.instance_id for i in state.sorted_instances()] == [8]
+
+
+def test_health_registering_the_same_instance_twice_replaces_it() -> None:
+    state, _ = make_state()
+    assert state.register_instance(instance(), 101.0) is True
+    assert state.register_instance(instance(), 102.0) is False
+    assert len(state.instances) == 1
+
+
+def test_health_instances_are_sorted_by_namespace_component_endpoint_id() -> None:
+    state, _ = make_state()
+    for endpoint, iid in (
+        ("load_metrics", 1),
+        ("generate", 9),
+        ("clear_kv_blocks", 5),
+        ("generate", 2),
+    ):
+        state.register_instance(instance(endpoint, iid), 101.0)
+    keys = [(i.endpoint, i.instance_id) for i in state.sorted_instances()]
+    assert keys == [("clear_kv_blocks", 5), ("generate", 2), ("generate", 9), ("load_metrics", 1)]
+
+
+def test_health_endpoint_count_is_bounded() -> None:
+    state, _ = make_state()
+    for n in range(MAX_ENDPOINTS):
+        state.set_endpoint(f"e{n}", READY, 101.0)
+    with pytest.raises(CapacityError):
+        state.set_endpoint("one-more", READY, 101.0)
+    assert len(state.endpoints) == MAX_ENDPOINTS
+
+
+def test_health_drain_is_a_transition_and_leaves_liveness_alone() -> None:
+    state, seen = make_state(("generate",))
+    state.set_endpoint("generate", READY, 101.0)
+    state.drain(110.0)
+    assert state.draining
+    assert seen[-1].subject is Subject.DRAIN
+    assert state.live() == (True, "")
+
+
+def test_health_every_change_bumps_the_version() -> None:
+    state, _ = make_state()
+    versions = [state.version]
+    state.set_endpoint("generate", READY, 101.0)
+    versions.append(state.version)
+    state.register_instance(instance(), 102.0)
+    versions.append(state.version)
+    state.drain(103.0)
+    versions.append(state.version)
+    assert versions == sorted(set(versions))
+
+
+signals = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "end", "heartbeat", "open", "close"]),
+        st.sampled_from(["generate", "clear_kv_blocks", "load_metrics"]),
+        st.sampled_from([READY, NOTREADY]),
+    ),
+    max_size=40,
+)
+
+
+@given(signals, st.sampled_from([READY, NOTREADY]))
+def test_health_status_always_agrees_with_the_rules(
+    steps: list[tuple[str, str, Status]], starting: Status
+) -> None:
+    state, _ = make_state(("generate",), starting=starting)
+    sessions: list[int] = []
+    for at, (kind, name, status) in enumerate(steps, start=101):
+        if kind == "set":
+            state.set_endpoint(name, status, float(at))
+        elif kind == "end":
+            state.end_life("test", float(at))
+        elif kind == "heartbeat":
+            state.heartbeat(float(at))
+        elif kind == "open":
+            sessions.append(state.open_session(float(at)))
+        elif sessions:
+            state.close_session(sessions.pop(0), float(at))
+        expected = READY if state.endpoints["generate"].status is READY else NOTREADY
+        assert state.status is expected
+        if not state.alive:
+            assert all(r.status is NOTREADY for r in state.endpoints.values())
+            assert state.live()[0] is False
