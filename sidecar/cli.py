@@ -32,6 +32,12 @@ Every flag has an environment variable (in brackets); the flag wins, and an empt
 variable counts as unset. An invalid value stops the sidecar with exit code 2 and one
 line that names it.
 
+serves:
+  probe port     the health path, the live path, /ready, /metrics and /sidecar/live
+  worker socket  PUT /v1/endpoints/NAME, POST /v1/endpoints/NAME/ready (or /notready),
+                 POST /v1/instances, DELETE /v1/instances/ID, POST /v1/heartbeat,
+                 POST /v1/session, GET /v1/status
+
 example:
   dynamo-health-sidecar serve --port 9090 --endpoints generate --socket /tmp/health.sock"""
 

@@ -197,7 +197,7 @@ async def serve(settings: Settings) -> int:
         asyncio.create_task(control.serve(sockets=[control_sock]), name="control-server"),
     ]
     logger.info(describe_start(settings, probe_sock, settings.socket_path))
-    if settings.kube is Kube.AUTO and os.environ.get("KUBERNETES_SERVICE_HOST"):
+    if settings.kube is Kube.AUTO and settings.in_cluster:
         logger.info("Kubernetes reporting is not in this version; events and conditions are off")
 
     stopped = asyncio.create_task(stop.wait())

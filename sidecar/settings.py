@@ -74,6 +74,8 @@ class Settings:
     kube: Kube = Kube.AUTO
     log_format: LogFormat = LogFormat.TEXT
     log_level: LogLevel = LogLevel.INFO
+    # Whether the pod's environment names an API server; `auto` reporting follows it.
+    in_cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,7 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
     for name, (source, text) in raw.items():
         values[name] = PARSERS[name](source, text)
     values.pop("enabled", None)
+    values["in_cluster"] = bool(environ.get("KUBERNETES_SERVICE_HOST"))
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_paths(settings, raw)
     if settings.kube is Kube.ON:
