@@ -30,7 +30,7 @@ and the kubelet probes the health, live and /ready paths on the probe port."""
 SERVE_EPILOG = """\
 Every flag has an environment variable (in brackets); the flag wins, and an empty
 variable counts as unset. An invalid value stops the sidecar with exit code 2 and one
-line that names it.
+line that names it. DYN_SYSTEM_ENABLED, which has no flag, must be true or unset.
 
 serves:
   probe port     the health path, the live path, /ready, /metrics and /sidecar/live
@@ -51,7 +51,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the sidecar until SIGTERM or SIGINT (which start the drain).",
         epilog=SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     for option in OPTIONS:
         if option.flag:

@@ -100,8 +100,12 @@ class Life:
     ended_at: float | None = None
     end_reason: str = ""
     sessions: int = 0
+    last_signal: float | None = None
     last_heartbeat: float | None = None
     pid: int | None = None
+    # What sd_notify's READY=1 or STOPPING=1 last said; it decides when nothing else does.
+    declared: Status | None = None
+    status_text: str = ""
 
 
 class CapacityError(Exception):
@@ -119,6 +123,7 @@ class HealthState:
     starting: Status
     started_at: float
     liveness: Liveness = Liveness.STARTED
+    heartbeat_timeout: float | None = None
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
     instances: dict[tuple[str, str, str, int], Instance] = field(default_factory=dict)
     draining: bool = False
@@ -205,9 +210,52 @@ class HealthState:
         return len(doomed)
 
     def heartbeat(self, now: float, pid: int | None = None) -> None:
-        """The worker says it is alive."""
+        """The worker says it is alive; the first heartbeat of a life arms the deadline."""
         self._signal(now, pid)
         self.life.last_heartbeat = now
+
+    def heartbeat_deadline(self) -> float | None:
+        """When the worker's silence ends its life, or None when nothing is armed."""
+        life = self.life
+        if self.heartbeat_timeout is None or not self.alive or life.last_heartbeat is None:
+            return None
+        assert life.last_signal is not None
+        return life.last_signal + self.heartbeat_timeout
+
+    def check_heartbeat(self, now: float) -> None:
+        """End the life of a worker that has been silent past its deadline (hung)."""
+        deadline = self.heartbeat_deadline()
+        if deadline is not None and now >= deadline:
+            assert self.heartbeat_timeout is not None
+            self.end_life(f"no heartbeat for {self.heartbeat_timeout:g}s", now)
+
+    def notify_ready(self, now: float, pid: int | None = None) -> None:
+        """sd_notify `READY=1`: every required and announced endpoint is ready."""
+        self._signal(now, pid)
+        self.life.declared = Status.READY
+        self._set_all(Status.READY, now)
+
+    def notify_stopping(self, now: float, pid: int | None = None) -> None:
+        """sd_notify `STOPPING=1`: nothing is ready any more, though the worker lives."""
+        self._signal(now, pid)
+        self.life.declared = Status.NOTREADY
+        self._set_all(Status.NOTREADY, now)
+
+    def notify_status(self, text: str, now: float, pid: int | None = None) -> None:
+        """sd_notify `STATUS=...`: free text shown by `status` and in events."""
+        self._signal(now, pid)
+        self.life.status_text = text
+        self.version += 1
+
+    def process_started(self, pid: int, now: float) -> None:
+        """The process watch found the worker's process: a new one begins a new life."""
+        if self.alive and self.life.pid not in (None, pid):
+            self.end_life(f"its process {self.life.pid} was replaced by {pid}", now)
+        self._signal(now, pid)
+
+    def process_exited(self, pid: int, now: float) -> None:
+        """The watched process is gone: its life ends at once."""
+        self.end_life(f"its process {pid} exited", now)
 
     def open_session(self, now: float, pid: int | None = None) -> int:
         """The worker holds a connection open; returns the life it belongs to."""
@@ -265,6 +313,7 @@ class HealthState:
         """Any word from the worker after its life ended begins a new life."""
         if not self.alive:
             self._begin_life(now)
+        self.life.last_signal = now
         if pid is not None:
             self.life.pid = pid
 
@@ -297,7 +346,7 @@ class HealthState:
         elif self.endpoints:
             ready = all(record.status is Status.READY for record in self.endpoints.values())
         else:
-            ready = self.starting is Status.READY and self.alive
+            ready = (self.life.declared or self.starting) is Status.READY and self.alive
         return Status.READY if ready else Status.NOTREADY
 
     def _reconsider(self, now: float) -> None:
@@ -311,6 +360,14 @@ class HealthState:
         self.version += 1
         self._publish(Transition(Subject.WORKER, "worker", old.value, status.value, now, after))
 
+    def _set_all(self, status: Status, now: float) -> None:
+        for name in self.required:
+            self.set_endpoint(name, status, now)
+        for name, record in self.endpoints.items():
+            if record.status is not status:
+                self._change_endpoint(name, record, status, now)
+        self._reconsider(now)
+
     def _change_endpoint(
         self, name: str, record: EndpointRecord, status: Status, now: float
     ) -> None:
@@ -323,4 +380,3 @@ class HealthState:
     def _publish(self, transition: Transition) -> None:
         for subscriber in self._subscribers:
             subscriber(transition)
-

@@ -62,7 +62,8 @@ def bind_probe_socket(host: str, port: int) -> socket.socket:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if not host else 1)
+                # "::" means every interface, IPv4 included, as on most Linux hosts.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(address != "::"))
             sock.bind((address, port))
             sock.listen(1024)
         except OSError as exc:

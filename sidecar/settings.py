@@ -10,8 +10,9 @@ half-configured (contract section 1).
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
-import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,9 +23,11 @@ from sidecar.health import Liveness, Status
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 NAME_RULE = "1 to 128 characters of A-Z a-z 0-9 _ . -"
-# RFC 3986 path characters, without `{}` (Starlette's parameters) and without `?#`.
-PATH_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]{0,1023}")
+# RFC 3986 path characters without percent escapes: Starlette matches decoded paths.
+PATH_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]{0,1023}")
+PATH_RULE = "at most 1024 characters of letters, digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ /"
 SUN_PATH_MAX = 107
+SECONDS_PATTERN = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 DEFAULT_SOCKET = "/var/run/dynamo/health.sock"
 # Paths the probe port serves besides the configurable ones.
 READY_PATH = "/ready"
@@ -164,10 +167,10 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
         flag_value = flags.get(option.field)
         if flag_value is not None:
             raw[option.field] = (option.flag, flag_value)
-        elif environ.get(option.variable, "") != "":
+        elif environ.get(option.variable, "").strip():
             raw[option.field] = (option.variable, environ[option.variable])
     for variable, feature in NOT_YET.items():
-        if environ.get(variable, ""):
+        if environ.get(variable, "").strip():
             raise SettingsError(
                 f"{variable}={environ[variable]!r} is not supported: {feature} is not in this "
                 "version of the sidecar; unset it"
@@ -206,31 +209,32 @@ def _parse_enabled(source: str, text: str) -> bool:
 
 def _parse_port(source: str, text: str) -> int:
     value = text.strip()
-    if value in ("-1", "0"):
+    if not re.fullmatch(r"-?[0-9]+", value):
+        raise _invalid(source, text, "expected a port from 1 to 65535")
+    port = int(value)
+    if port in (-1, 0):
         raise SettingsError(
             f"{source}={text!r} turns the probe server off, and a sidecar that serves no probes "
             "is a misconfiguration: use a port from 1 to 65535"
         )
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
+    if not 1 <= port <= 65535:
         raise _invalid(source, text, "expected a port from 1 to 65535")
-    return int(value)
+    return port
 
 
 def _parse_host(source: str, text: str) -> str:
     value = text.strip()
-    if not value or any(c.isspace() or c in "/[]" for c in value):
-        raise _invalid(source, text, "expected an IP address or host name, such as 0.0.0.0 or ::")
-    return value
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise _invalid(
+            source, text, "expected an IP address, such as 0.0.0.0, :: or 127.0.0.1"
+        ) from None
 
 
 def _parse_path(source: str, text: str) -> str:
     if not PATH_PATTERN.fullmatch(text):
-        raise _invalid(
-            source,
-            text,
-            "expected a URL path that starts with / (letters, digits and - . _ ~ / only, "
-            "no ? # { } or spaces)",
-        )
+        raise _invalid(source, text, f"expected a URL path that starts with / and has {PATH_RULE}")
     return text
 
 
@@ -240,15 +244,15 @@ def _parse_endpoint_list(source: str, text: str) -> tuple[str, ...]:
     if value.startswith("[") and value.endswith("]"):
         try:
             decoded = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
+            decoded = None
+        if isinstance(decoded, list) and all(isinstance(item, str) for item in decoded):
+            items = decoded
+        else:
             # `export X="["generate"]"` leaves `[generate]`: the shell ate the quotes.
             items = [part.strip().strip("'\"") for part in value[1:-1].split(",")]
             if items == [""]:
                 items = []
-        else:
-            if not isinstance(decoded, list):
-                raise _invalid(source, text, "expected a list of endpoint names")
-            items = decoded
     else:
         items = [part.strip() for part in value.split(",")]
     names: list[str] = []
@@ -265,23 +269,20 @@ def _parse_endpoint_list(source: str, text: str) -> tuple[str, ...]:
 
 
 def _parse_socket(source: str, text: str) -> Path:
-    if "\0" in text or text.endswith("/"):
-        raise _invalid(source, text, "expected a file path for the Unix socket")
-    if len(text.encode()) > SUN_PATH_MAX:
+    if "\0" in text or text.endswith("/") or not text.startswith("/"):
+        raise _invalid(source, text, "expected an absolute file path for the Unix socket")
+    if len(os.fsencode(text)) > SUN_PATH_MAX:
         raise _invalid(source, text, f"a Unix socket path is at most {SUN_PATH_MAX} bytes")
     return Path(text)
 
 
 def _parse_seconds(source: str, text: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0 or value > 86400:
+    value = text.strip()
+    if not SECONDS_PATTERN.fullmatch(value) or float(value) > 86400:
         raise _invalid(
             source, text, "expected a number of seconds from 0 to 86400, such as 5 or 2.5"
         )
-    return value
+    return float(value)
 
 
 def _enum_parser(kind: type[E]) -> Callable[[str, str], E]:

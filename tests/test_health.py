@@ -321,3 +321,101 @@ def test_health_status_always_agrees_with_the_rules(
         if not state.alive:
             assert all(r.status is NOTREADY for r in state.endpoints.values())
             assert state.live()[0] is False
+
+
+def test_health_heartbeat_deadline_is_off_without_a_timeout() -> None:
+    state, _ = make_state()
+    state.heartbeat(101.0)
+    assert state.heartbeat_deadline() is None
+
+
+def test_health_heartbeat_deadline_is_armed_by_the_first_heartbeat_of_a_life() -> None:
+    state = HealthState(required=(), starting=NOTREADY, started_at=100.0, heartbeat_timeout=5.0)
+    assert state.heartbeat_deadline() is None
+    state.heartbeat(101.0)
+    assert state.heartbeat_deadline() == 106.0
+
+
+def test_health_any_signal_moves_the_heartbeat_deadline() -> None:
+    state = HealthState(required=(), starting=NOTREADY, started_at=100.0, heartbeat_timeout=5.0)
+    state.heartbeat(101.0)
+    state.set_endpoint("generate", READY, 104.0)
+    assert state.heartbeat_deadline() == 109.0
+
+
+def test_health_silence_past_the_deadline_ends_the_life() -> None:
+    state = HealthState(required=(), starting=NOTREADY, started_at=100.0, heartbeat_timeout=5.0)
+    state.heartbeat(101.0)
+    state.check_heartbeat(105.9)
+    assert state.alive
+    state.check_heartbeat(106.0)
+    assert state.live() == (False, "worker life 1 ended: no heartbeat for 5s")
+    assert state.heartbeat_deadline() is None
+
+
+def test_health_notify_ready_marks_every_required_endpoint_ready() -> None:
+    state, _ = make_state(("generate", "clear_kv_blocks"))
+    state.notify_ready(101.0)
+    assert statuses(state) == {"generate": "ready", "clear_kv_blocks": "ready"}
+    assert state.status is READY
+
+
+def test_health_notify_ready_without_required_endpoints_makes_the_status_ready() -> None:
+    state, _ = make_state()
+    state.notify_ready(101.0)
+    assert state.status is READY
+    assert state.live() == (True, "")
+
+
+def test_health_notify_stopping_marks_everything_notready_and_keeps_the_life() -> None:
+    state, _ = make_state(starting=READY)
+    state.set_endpoint("generate", READY, 101.0)
+    state.notify_stopping(102.0)
+    assert statuses(state) == {"generate": "notready"}
+    assert state.status is NOTREADY
+    assert state.alive
+
+
+def test_health_notify_stopping_overrides_a_ready_starting_status() -> None:
+    state, _ = make_state(starting=READY)
+    state.notify_stopping(101.0)
+    assert state.status is NOTREADY
+
+
+def test_health_notify_status_text_is_kept_for_the_life() -> None:
+    state, _ = make_state()
+    state.notify_status("loading weights 40%", 101.0)
+    assert state.life.status_text == "loading weights 40%"
+
+
+def test_health_process_exit_ends_the_life() -> None:
+    state, _ = make_state(("generate",))
+    state.process_started(4242, 101.0)
+    state.set_endpoint("generate", READY, 102.0)
+    state.process_exited(4242, 103.0)
+    assert state.live() == (False, "worker life 1 ended: its process 4242 exited")
+
+
+def test_health_new_process_after_an_exit_begins_a_new_life() -> None:
+    state, _ = make_state()
+    state.process_started(4242, 101.0)
+    state.process_exited(4242, 102.0)
+    state.process_started(4343, 103.0)
+    assert (state.life.number, state.life.pid, state.alive) == (2, 4343, True)
+
+
+def test_health_new_process_replacing_a_live_one_ends_its_life_first() -> None:
+    state, seen = make_state()
+    state.process_started(4242, 101.0)
+    state.process_started(4343, 102.0)
+    assert state.life.number == 2
+    ended = [t for t in seen if t.subject is Subject.LIFE and t.new == "ended"]
+    assert ended[0].reason == "its process 4242 was replaced by 4343"
+
+
+def test_health_same_process_seen_again_changes_nothing() -> None:
+    state, _ = make_state()
+    state.process_started(4242, 101.0)
+    version = state.version
+    state.process_started(4242, 102.0)
+    assert (state.life.number, state.version) == (1, version)

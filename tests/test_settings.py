@@ -1,0 +1,721 @@
+"""Unit tests of `sidecar.settings.load`: defaults, good values, exact error lines, flags.
+
+Contract sections 1 and 2: every setting is a variable and a flag, the flag wins, an empty
+variable counts as unset, and a bad value raises `SettingsError` whose `str()` is the one
+line the user sees, naming the variable or flag, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.health import Liveness, Status
+from sidecar.settings import (
+    DEFAULT_SOCKET,
+    NAME_PATTERN,
+    NOT_YET,
+    OPTIONS,
+    SUN_PATH_MAX,
+    Kube,
+    LogFormat,
+    LogLevel,
+    Mode,
+    Settings,
+    SettingsError,
+    load,
+)
+
+ENDPOINTS = "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS"
+VARIABLES = [option.variable for option in OPTIONS] + list(NOT_YET)
+FLAGS = {option.variable: option.flag for option in OPTIONS if option.flag}
+FIELDS = {option.variable: option.field for option in OPTIONS}
+
+# The "what is allowed" halves of the error lines, written out once.
+OFF = "turns the probe server off, and a sidecar that serves no probes is a misconfiguration: "
+PORT_RULE = "is invalid: expected a port from 1 to 65535"
+HOST_RULE = "is invalid: expected an IP address, such as 0.0.0.0, :: or 127.0.0.1"
+PATH_RULE = (
+    "is invalid: expected a URL path that starts with / and has at most 1024 characters of "
+    "letters, digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ /"
+)
+LIVE_CLASH = "is invalid: the live path must differ from the health path and from /ready"
+NAMES_RULE = (
+    "is invalid: endpoint names are 1 to 128 characters of A-Z a-z 0-9 _ . -, given as "
+    '["generate"], [generate] or generate,clear_kv_blocks'
+)
+SOCKET_LENGTH = f"is invalid: a Unix socket path is at most {SUN_PATH_MAX} bytes"
+SOCKET_FILE = "is invalid: expected an absolute file path for the Unix socket"
+SECONDS_RULE = "is invalid: expected a number of seconds from 0 to 86400, such as 5 or 2.5"
+KUBE_ON = (
+    "is not supported: Kubernetes reporting is not in this version of the sidecar; use off or auto"
+)
+
+
+def error_of(environ: dict[str, str], flags: dict[str, str | None] | None = None) -> str:
+    with pytest.raises(SettingsError) as caught:
+        load(environ, flags)
+    return str(caught.value)
+
+
+def socket_path_of(length: int) -> str:
+    """An absolute path of exactly `length` bytes."""
+    return "/tmp/" + "s" * (length - len("/tmp/"))
+
+
+# --- the set of variables --------------------------------------------------------------
+
+
+def test_options_cover_every_contract_variable() -> None:
+    contract = {
+        "DYN_SYSTEM_ENABLED",
+        "DYN_SYSTEM_PORT",
+        "DYN_SYSTEM_STARTING_HEALTH_STATUS",
+        "DYN_SYSTEM_HEALTH_PATH",
+        "DYN_SYSTEM_LIVE_PATH",
+        ENDPOINTS,
+        "DYN_SIDECAR_MODE",
+        "DYN_SIDECAR_SOCKET",
+        "DYN_SIDECAR_NOTIFY_SOCKET",
+        "DYN_SIDECAR_STATE_FILE",
+        "DYN_SIDECAR_WATCH_PROCESS",
+        "DYN_SIDECAR_HEARTBEAT_TIMEOUT",
+        "DYN_SIDECAR_DRAIN_SECONDS",
+        "DYN_SIDECAR_KUBE",
+        "DYN_SIDECAR_LIVENESS",
+        "DYN_SIDECAR_LOG_FORMAT",
+    }
+    assert contract <= set(VARIABLES)
+
+
+def test_options_variables_and_flags_are_unique() -> None:
+    assert len(set(VARIABLES)) == len(VARIABLES)
+    assert len(set(FLAGS.values())) == len(FLAGS)
+
+
+def test_options_every_setting_but_enabled_has_a_flag() -> None:
+    assert [o.variable for o in OPTIONS if not o.flag] == ["DYN_SYSTEM_ENABLED"]
+
+
+def test_settings_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load({}).port = 1  # type: ignore[misc]
+
+
+# --- defaults and empty values ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("port", 9090),
+        ("host", ""),
+        ("starting_status", Status.NOTREADY),
+        ("health_path", "/health"),
+        ("live_path", "/live"),
+        ("required_endpoints", ()),
+        ("mode", Mode.WORKER),
+        ("socket_path", Path(DEFAULT_SOCKET)),
+        ("drain_seconds", 5.0),
+        ("liveness", Liveness.STARTED),
+        ("kube", Kube.AUTO),
+        ("log_format", LogFormat.TEXT),
+        ("log_level", LogLevel.INFO),
+    ],
+)
+def test_load_default_when_unset(field: str, expected: object) -> None:
+    assert getattr(load({}), field) == expected
+
+
+def test_load_defaults_equal_settings_defaults() -> None:
+    assert load({}) == Settings()
+    assert load({}, {}) == Settings()
+    assert load({}, None) == Settings()
+
+
+def test_socket_default_is_contract_path() -> None:
+    assert DEFAULT_SOCKET == "/var/run/dynamo/health.sock"
+
+
+@pytest.mark.parametrize("variable", VARIABLES)
+def test_load_empty_variable_counts_as_unset(variable: str) -> None:
+    assert load({variable: ""}) == Settings()
+
+
+def test_load_ignores_unrelated_variables() -> None:
+    assert load({"DYN_OTHER": "x", "PORT": "1", "dyn_system_port": "x"}) == Settings()
+
+
+@pytest.mark.parametrize("variable", list(FLAGS))
+def test_load_none_flag_falls_back_to_variable(variable: str) -> None:
+    field = FIELDS[variable]
+    good = GOOD_VALUES[variable][0]
+    assert load({variable: good[0]}, {field: None}) == load({variable: good[0]})
+
+
+# --- good values, per variable ---------------------------------------------------------
+
+# variable -> [(text, expected value of its field)]
+GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
+    "DYN_SYSTEM_PORT": [
+        ("1", 1),
+        ("80", 80),
+        ("8080", 8080),
+        ("65535", 65535),
+        (" 9091 ", 9091),
+        ("9092\n", 9092),
+    ],
+    "DYN_SIDECAR_HOST": [
+        ("0.0.0.0", "0.0.0.0"),
+        ("::", "::"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("::1", "::1"),
+        (" 10.0.0.1 ", "10.0.0.1"),
+    ],
+    "DYN_SYSTEM_STARTING_HEALTH_STATUS": [
+        ("ready", Status.READY),
+        ("notready", Status.NOTREADY),
+        ("READY", Status.READY),
+        ("NotReady", Status.NOTREADY),
+        (" ready ", Status.READY),
+    ],
+    "DYN_SYSTEM_HEALTH_PATH": [
+        ("/healthz", "/healthz"),
+        ("/", "/"),
+        ("/v1/health", "/v1/health"),
+        ("/a-b_c.d~e", "/a-b_c.d~e"),
+        ("/Health", "/Health"),
+        ("/" + "h" * 1023, "/" + "h" * 1023),
+    ],
+    "DYN_SYSTEM_LIVE_PATH": [
+        ("/livez", "/livez"),
+        ("/", "/"),
+        ("/v1/live", "/v1/live"),
+        ("/sidecar/alive", "/sidecar/alive"),
+    ],
+    ENDPOINTS: [
+        ('["generate"]', ("generate",)),
+        ("[generate]", ("generate",)),
+        ("generate", ("generate",)),
+        ("generate,load_metrics", ("generate", "load_metrics")),
+        ("generate,clear_kv_blocks", ("generate", "clear_kv_blocks")),
+        ("[generate, clear_kv_blocks]", ("generate", "clear_kv_blocks")),
+        ("[generate,clear_kv_blocks]", ("generate", "clear_kv_blocks")),
+        ('["generate", "clear_kv_blocks"]', ("generate", "clear_kv_blocks")),
+        ("['generate', 'load_metrics']", ("generate", "load_metrics")),
+        (" generate , load_metrics ", ("generate", "load_metrics")),
+        ('  [ "generate" , "load_metrics" ]  ', ("generate", "load_metrics")),
+        ("[ generate , load_metrics ]", ("generate", "load_metrics")),
+        ("[]", ()),
+        ("[ ]", ()),
+        ("generate,generate", ("generate",)),
+        ("b,a,b,c,a", ("b", "a", "c")),
+        ('["b", "a", "b"]', ("b", "a")),
+        ("[b, a, b]", ("b", "a")),
+        ("Gen.erate-1_x", ("Gen.erate-1_x",)),
+        ("e" * 128, ("e" * 128,)),
+    ],
+    "DYN_SIDECAR_MODE": [
+        ("worker", Mode.WORKER),
+        ("frontend", Mode.FRONTEND),
+        ("FRONTEND", Mode.FRONTEND),
+        (" Worker ", Mode.WORKER),
+    ],
+    "DYN_SIDECAR_SOCKET": [
+        ("/tmp/health.sock", Path("/tmp/health.sock")),
+        ("/run/dynamo/h", Path("/run/dynamo/h")),
+        (socket_path_of(SUN_PATH_MAX), Path(socket_path_of(SUN_PATH_MAX))),
+        ("/tmp/" + "é" * 51, Path("/tmp/" + "é" * 51)),  # 107 bytes
+    ],
+    "DYN_SIDECAR_DRAIN_SECONDS": [
+        ("0", 0.0),
+        ("5", 5.0),
+        ("2.5", 2.5),
+        ("0.25", 0.25),
+        (".5", 0.5),
+        (" 10 ", 10.0),
+        ("86400", 86400.0),
+        ("3.", 3.0),
+    ],
+    "DYN_SIDECAR_LIVENESS": [
+        ("started", Liveness.STARTED),
+        ("health", Liveness.HEALTH),
+        ("HEALTH", Liveness.HEALTH),
+        (" Started ", Liveness.STARTED),
+    ],
+    "DYN_SIDECAR_KUBE": [
+        ("off", Kube.OFF),
+        ("auto", Kube.AUTO),
+        ("OFF", Kube.OFF),
+        (" Auto ", Kube.AUTO),
+    ],
+    "DYN_SIDECAR_LOG_FORMAT": [
+        ("text", LogFormat.TEXT),
+        ("json", LogFormat.JSON),
+        ("JSON", LogFormat.JSON),
+        (" Text ", LogFormat.TEXT),
+    ],
+    "DYN_SIDECAR_LOG_LEVEL": [
+        ("debug", LogLevel.DEBUG),
+        ("info", LogLevel.INFO),
+        ("warning", LogLevel.WARNING),
+        ("error", LogLevel.ERROR),
+        ("WARNING", LogLevel.WARNING),
+        (" Debug ", LogLevel.DEBUG),
+    ],
+}
+
+
+def test_good_values_cover_every_flagged_option() -> None:
+    assert set(GOOD_VALUES) == set(FLAGS)
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "expected"),
+    [
+        (variable, text, expected)
+        for variable, rows in GOOD_VALUES.items()
+        for text, expected in rows
+    ],
+)
+def test_load_accepts_good_variable(variable: str, text: str, expected: object) -> None:
+    field = FIELDS[variable]
+    settings = load({variable: text})
+    assert getattr(settings, field) == expected
+    # Every other setting keeps its default.
+    assert dataclasses.replace(settings, **{field: getattr(Settings(), field)}) == Settings()
+
+
+@pytest.mark.parametrize("text", ["true", "TRUE", "True", " true ", "1", " 1 "])
+def test_enabled_accepts_true(text: str) -> None:
+    assert load({"DYN_SYSTEM_ENABLED": text}) == Settings()
+
+
+def test_socket_path_counts_bytes_not_characters() -> None:
+    path = "/tmp/" + "é" * 51 + "x"  # 52 characters after /tmp/, 108 bytes
+    assert len(path) < SUN_PATH_MAX
+    variable = "DYN_SIDECAR_SOCKET"
+    assert error_of({variable: path}) == f"{variable}={path!r} {SOCKET_LENGTH}"
+
+
+# --- bad values, per variable: the exact line ------------------------------------------
+
+# variable -> [(text, what follows "VARIABLE='text' ")]
+BAD_VALUES: dict[str, list[tuple[str, str]]] = {
+    "DYN_SYSTEM_ENABLED": [
+        ("false", OFF + "set it to true or unset it"),
+        ("0", OFF + "set it to true or unset it"),
+        ("FALSE", OFF + "set it to true or unset it"),
+        (" False ", OFF + "set it to true or unset it"),
+        ("yes", "is invalid: expected true or false"),
+        ("on", "is invalid: expected true or false"),
+        ("2", "is invalid: expected true or false"),
+    ],
+    "DYN_SYSTEM_PORT": [
+        ("-1", OFF + "use a port from 1 to 65535"),
+        ("0", OFF + "use a port from 1 to 65535"),
+        (" -1 ", OFF + "use a port from 1 to 65535"),
+        ("65536", PORT_RULE),
+        ("99999999999999999999", PORT_RULE),
+        ("-2", PORT_RULE),
+        ("x", PORT_RULE),
+        ("9090x", PORT_RULE),
+        ("80.0", PORT_RULE),
+        ("+80", PORT_RULE),
+        ("0x50", PORT_RULE),
+        ("90 90", PORT_RULE),
+        ("1e3", PORT_RULE),
+        ("00", OFF + "use a port from 1 to 65535"),
+        ("²", PORT_RULE),
+        ("1²", PORT_RULE),
+        ("①", PORT_RULE),
+        ("\u0669\u0660\u0669\u0660", PORT_RULE),
+        ("\uff19\uff10\uff19\uff10", PORT_RULE),
+    ],
+    "DYN_SIDECAR_HOST": [
+        ("localhost", HOST_RULE),
+        ("1.2.3.4.5", HOST_RULE),
+        ("a b", HOST_RULE),
+        ("[::1]", HOST_RULE),
+        ("http://x", HOST_RULE),
+        ("a\tb", HOST_RULE),
+    ],
+    "DYN_SYSTEM_STARTING_HEALTH_STATUS": [
+        ("healthy", "is invalid: expected ready or notready"),
+        ("not ready", "is invalid: expected ready or notready"),
+        ("not_ready", "is invalid: expected ready or notready"),
+        ("1", "is invalid: expected ready or notready"),
+    ],
+    "DYN_SYSTEM_HEALTH_PATH": [
+        ("health", PATH_RULE),
+        (" /health", PATH_RULE),
+        ("/health ", PATH_RULE),
+        ("/a b", PATH_RULE),
+        ("/a?b=1", PATH_RULE),
+        ("/a#b", PATH_RULE),
+        ("/{name}", PATH_RULE),
+        ("/é", PATH_RULE),
+        ("http://x/health", PATH_RULE),
+        ("/%zz", PATH_RULE),
+        ("/a%2Fb", PATH_RULE),
+        ("/" + "h" * 1024, PATH_RULE),
+        ("/metrics", "is invalid: /metrics is served by the sidecar itself; choose another path"),
+        (
+            "/sidecar/live",
+            "is invalid: /sidecar/live is served by the sidecar itself; choose another path",
+        ),
+        ("/live", LIVE_CLASH),
+    ],
+    "DYN_SYSTEM_LIVE_PATH": [
+        ("live", PATH_RULE),
+        ("/a b", PATH_RULE),
+        ("/a?b", PATH_RULE),
+        ("/metrics", "is invalid: /metrics is served by the sidecar itself; choose another path"),
+        (
+            "/sidecar/live",
+            "is invalid: /sidecar/live is served by the sidecar itself; choose another path",
+        ),
+        ("/health", LIVE_CLASH),
+        ("/ready", LIVE_CLASH),
+    ],
+    ENDPOINTS: [
+        ("gen erate", NAMES_RULE),
+        ("[gen erate]", NAMES_RULE),
+        ('["gen erate"]', NAMES_RULE),
+        ("e" * 129, NAMES_RULE),
+        (f'["{"e" * 129}"]', NAMES_RULE),
+        ('[["x"]]', NAMES_RULE),
+        ('{"a":1}', NAMES_RULE),
+        ("a,,b", NAMES_RULE),
+        ("a,", NAMES_RULE),
+        (",a", NAMES_RULE),
+        (",", NAMES_RULE),
+        ("[,]", NAMES_RULE),
+        ('[""]', NAMES_RULE),
+        ('"generate"', NAMES_RULE),
+        ('["generate"', NAMES_RULE),
+        ("generate;load_metrics", NAMES_RULE),
+        ("generate load_metrics", NAMES_RULE),
+        ("gén", NAMES_RULE),
+        ("a/b", NAMES_RULE),
+    ],
+    "DYN_SIDECAR_MODE": [
+        ("router", "is invalid: expected worker or frontend"),
+        ("workers", "is invalid: expected worker or frontend"),
+    ],
+    "DYN_SIDECAR_SOCKET": [
+        (socket_path_of(SUN_PATH_MAX + 1), SOCKET_LENGTH),
+        (socket_path_of(4096), SOCKET_LENGTH),
+        ("/tmp/dir/", SOCKET_FILE),
+        ("/", SOCKET_FILE),
+        ("/tmp/a\0b", SOCKET_FILE),
+        ("relative.sock", SOCKET_FILE),
+        ("./health.sock", SOCKET_FILE),
+    ],
+    "DYN_SIDECAR_DRAIN_SECONDS": [
+        ("-1", SECONDS_RULE),
+        ("-0.5", SECONDS_RULE),
+        ("nan", SECONDS_RULE),
+        ("NaN", SECONDS_RULE),
+        ("inf", SECONDS_RULE),
+        ("-inf", SECONDS_RULE),
+        ("Infinity", SECONDS_RULE),
+        ("1e999", SECONDS_RULE),
+        ("five", SECONDS_RULE),
+        ("5s", SECONDS_RULE),
+        ("5,5", SECONDS_RULE),
+        ("86400.5", SECONDS_RULE),
+        ("86401", SECONDS_RULE),
+        ("1e3", SECONDS_RULE),
+        ("1_0", SECONDS_RULE),
+        ("-0", SECONDS_RULE),
+        ("+5", SECONDS_RULE),
+    ],
+    "DYN_SIDECAR_LIVENESS": [
+        ("ready", "is invalid: expected started or health"),
+        ("always", "is invalid: expected started or health"),
+    ],
+    "DYN_SIDECAR_KUBE": [
+        ("on", KUBE_ON),
+        ("ON", KUBE_ON),
+        (" On ", KUBE_ON),
+        ("true", "is invalid: expected on, off or auto"),
+        ("yes", "is invalid: expected on, off or auto"),
+    ],
+    "DYN_SIDECAR_LOG_FORMAT": [
+        ("yaml", "is invalid: expected text or json"),
+        ("logfmt", "is invalid: expected text or json"),
+    ],
+    "DYN_SIDECAR_LOG_LEVEL": [
+        ("critical", "is invalid: expected debug, info, warning or error"),
+        ("trace", "is invalid: expected debug, info, warning or error"),
+        ("warn", "is invalid: expected debug, info, warning or error"),
+    ],
+}
+
+
+def test_bad_values_cover_every_option() -> None:
+    assert set(BAD_VALUES) == {option.variable for option in OPTIONS}
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "rule"),
+    [(variable, text, rule) for variable, rows in BAD_VALUES.items() for text, rule in rows],
+)
+def test_load_rejects_bad_variable_with_exact_line(variable: str, text: str, rule: str) -> None:
+    assert error_of({variable: text}) == f"{variable}={text!r} {rule}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "rule"),
+    [
+        (variable, text, rule)
+        for variable, rows in BAD_VALUES.items()
+        if variable in FLAGS
+        for text, rule in rows
+    ],
+)
+def test_load_rejects_bad_flag_naming_the_flag(variable: str, text: str, rule: str) -> None:
+    assert error_of({}, {FIELDS[variable]: text}) == f"{FLAGS[variable]}={text!r} {rule}"
+
+
+def test_port_bad_flag_line() -> None:
+    assert error_of({}, {"port": "x"}) == "--port='x' is invalid: expected a port from 1 to 65535"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "false",
+            "DYN_SYSTEM_ENABLED='false' turns the probe server off, and a sidecar that serves "
+            "no probes is a misconfiguration: set it to true or unset it",
+        ),
+        (
+            "0",
+            "DYN_SYSTEM_ENABLED='0' turns the probe server off, and a sidecar that serves "
+            "no probes is a misconfiguration: set it to true or unset it",
+        ),
+    ],
+)
+def test_enabled_false_refused(text: str, message: str) -> None:
+    assert error_of({"DYN_SYSTEM_ENABLED": text}) == message
+
+
+@pytest.mark.parametrize("text", ["-1", "0"])
+def test_port_off_refused(text: str) -> None:
+    assert error_of({"DYN_SYSTEM_PORT": text}) == (
+        f"DYN_SYSTEM_PORT='{text}' turns the probe server off, and a sidecar that serves no "
+        "probes is a misconfiguration: use a port from 1 to 65535"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "feature"),
+    [
+        ("DYN_SIDECAR_NOTIFY_SOCKET", "sd_notify"),
+        ("DYN_SIDECAR_STATE_FILE", "the state file"),
+        ("DYN_SIDECAR_WATCH_PROCESS", "the process watch"),
+        ("DYN_SIDECAR_HEARTBEAT_TIMEOUT", "the heartbeat timeout"),
+    ],
+)
+def test_not_yet_variable_refused(variable: str, feature: str) -> None:
+    assert NOT_YET[variable] == feature
+    assert error_of({variable: "/x y"}) == (
+        f"{variable}='/x y' is not supported: {feature} is not in this version of the "
+        "sidecar; unset it"
+    )
+
+
+@pytest.mark.parametrize("variable", list(NOT_YET))
+def test_not_yet_variable_whitespace_counts_as_unset(variable: str) -> None:
+    assert load({variable: " \t"}) == Settings()
+
+
+@pytest.mark.parametrize("variable", [option.variable for option in OPTIONS])
+def test_load_whitespace_only_variable_counts_as_unset(variable: str) -> None:
+    assert load({variable: "  "}) == Settings()
+
+
+def test_not_yet_refused_before_other_settings_are_parsed() -> None:
+    message = error_of({"DYN_SYSTEM_PORT": "x", "DYN_SIDECAR_HEARTBEAT_TIMEOUT": "10"})
+    assert message.startswith("DYN_SIDECAR_HEARTBEAT_TIMEOUT='10' is not supported")
+
+
+def test_kube_on_flag_refused_naming_the_flag() -> None:
+    assert error_of({"DYN_SIDECAR_KUBE": "off"}, {"kube": "on"}) == f"--kube='on' {KUBE_ON}"
+
+
+def test_kube_on_variable_overridden_by_flag() -> None:
+    assert load({"DYN_SIDECAR_KUBE": "on"}, {"kube": "off"}).kube is Kube.OFF
+
+
+# --- paths: the live path against the others -------------------------------------------
+
+
+def test_paths_equal_when_both_set_blames_live_path() -> None:
+    environ = {"DYN_SYSTEM_HEALTH_PATH": "/x", "DYN_SYSTEM_LIVE_PATH": "/x"}
+    assert error_of(environ) == f"DYN_SYSTEM_LIVE_PATH='/x' {LIVE_CLASH}"
+
+
+def test_paths_health_flag_equal_to_default_live_blames_flag() -> None:
+    assert error_of({}, {"health_path": "/live"}) == f"--health-path='/live' {LIVE_CLASH}"
+
+
+def test_paths_live_flag_equal_to_health_variable_blames_flag() -> None:
+    environ = {"DYN_SYSTEM_HEALTH_PATH": "/h"}
+    assert error_of(environ, {"live_path": "/h"}) == f"--live-path='/h' {LIVE_CLASH}"
+
+
+def test_paths_swapped_accepted() -> None:
+    settings = load({"DYN_SYSTEM_HEALTH_PATH": "/live", "DYN_SYSTEM_LIVE_PATH": "/health"})
+    assert (settings.health_path, settings.live_path) == ("/live", "/health")
+
+
+def test_paths_health_may_be_ready() -> None:
+    assert load({"DYN_SYSTEM_HEALTH_PATH": "/ready"}).health_path == "/ready"
+
+
+# --- flags win -------------------------------------------------------------------------
+
+# variable -> (a good variable value, a different good flag value, the flag's value)
+OVERRIDES: dict[str, tuple[str, str, object]] = {
+    "DYN_SYSTEM_PORT": ("9091", "9092", 9092),
+    "DYN_SIDECAR_HOST": ("127.0.0.1", "::1", "::1"),
+    "DYN_SYSTEM_STARTING_HEALTH_STATUS": ("notready", "ready", Status.READY),
+    "DYN_SYSTEM_HEALTH_PATH": ("/h1", "/h2", "/h2"),
+    "DYN_SYSTEM_LIVE_PATH": ("/l1", "/l2", "/l2"),
+    ENDPOINTS: ('["a"]', "b,c", ("b", "c")),
+    "DYN_SIDECAR_MODE": ("worker", "frontend", Mode.FRONTEND),
+    "DYN_SIDECAR_SOCKET": ("/tmp/a.sock", "/tmp/b.sock", Path("/tmp/b.sock")),
+    "DYN_SIDECAR_DRAIN_SECONDS": ("1", "2.5", 2.5),
+    "DYN_SIDECAR_LIVENESS": ("started", "health", Liveness.HEALTH),
+    "DYN_SIDECAR_KUBE": ("auto", "off", Kube.OFF),
+    "DYN_SIDECAR_LOG_FORMAT": ("text", "json", LogFormat.JSON),
+    "DYN_SIDECAR_LOG_LEVEL": ("info", "debug", LogLevel.DEBUG),
+}
+
+
+def test_overrides_cover_every_flag() -> None:
+    assert set(OVERRIDES) == set(FLAGS)
+
+
+@pytest.mark.parametrize("variable", list(OVERRIDES))
+def test_flag_wins_over_variable(variable: str) -> None:
+    env_text, flag_text, expected = OVERRIDES[variable]
+    field = FIELDS[variable]
+    assert getattr(load({variable: env_text}), field) != expected
+    assert getattr(load({variable: env_text}, {field: flag_text}), field) == expected
+
+
+@pytest.mark.parametrize("variable", list(OVERRIDES))
+def test_flag_wins_over_bad_variable(variable: str) -> None:
+    bad_text = BAD_VALUES[variable][0][0]
+    _, flag_text, expected = OVERRIDES[variable]
+    field = FIELDS[variable]
+    assert getattr(load({variable: bad_text}, {field: flag_text}), field) == expected
+
+
+@pytest.mark.parametrize("variable", list(OVERRIDES))
+def test_bad_flag_blamed_over_good_variable(variable: str) -> None:
+    env_text = OVERRIDES[variable][0]
+    bad_text, rule = BAD_VALUES[variable][0]
+    message = error_of({variable: env_text}, {FIELDS[variable]: bad_text})
+    assert message == f"{FLAGS[variable]}={bad_text!r} {rule}"
+
+
+def test_flag_empty_is_a_value_not_unset() -> None:
+    assert error_of({"DYN_SYSTEM_PORT": "9091"}, {"port": ""}) == f"--port='' {PORT_RULE}"
+
+
+# --- DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('["generate"]', ("generate",)),
+        ("[generate]", ("generate",)),
+        ("generate,load_metrics", ("generate", "load_metrics")),
+        ("[generate, clear_kv_blocks]", ("generate", "clear_kv_blocks")),
+        ("[]", ()),
+        ("a,b,a,c,b", ("a", "b", "c")),
+    ],
+)
+def test_endpoints_accepted_spellings(text: str, expected: tuple[str, ...]) -> None:
+    assert load({ENDPOINTS: text}).required_endpoints == expected
+
+
+def test_endpoints_json_empty_list_overrides_variable_by_flag() -> None:
+    assert load({ENDPOINTS: "generate"}, {"required_endpoints": "[]"}).required_endpoints == ()
+
+
+@pytest.mark.parametrize("text", ["[1]", "[-1]", "[true]", "[null]", "[NaN]", "[1, 2]"])
+def test_endpoints_mangled_list_accepts_names_that_look_like_json(text: str) -> None:
+    expected = tuple(part.strip() for part in text[1:-1].split(","))
+    assert load({ENDPOINTS: text}).required_endpoints == expected
+
+
+def test_endpoints_deeply_nested_brackets_raise_settings_error() -> None:
+    text = "[" * 5000 + "]" * 5000
+    assert error_of({ENDPOINTS: text}) == f"{ENDPOINTS}={text!r} {NAMES_RULE}"
+
+
+names = st.from_regex(NAME_PATTERN, fullmatch=True)
+
+
+def spellings(items: list[str]) -> list[str]:
+    return [json.dumps(items), "[" + ", ".join(items) + "]", ",".join(items)]
+
+
+@given(st.lists(names, min_size=1, max_size=8))
+def test_endpoints_any_valid_list_round_trips_through_every_spelling(items: list[str]) -> None:
+    expected = tuple(dict.fromkeys(items))
+    for text in spellings(items):
+        assert load({ENDPOINTS: text}).required_endpoints == expected, text
+        assert load({}, {"required_endpoints": text}).required_endpoints == expected, text
+
+
+# --- the socket: bytes that are not UTF-8 ------------------------------------------------
+
+
+def test_socket_non_utf8_path_is_accepted() -> None:
+    text = "/tmp/\udcff.sock"  # what os.environ holds for the bytes b"/tmp/\xff.sock"
+    assert load({"DYN_SIDECAR_SOCKET": text}).socket_path == Path(text)
+
+
+# --- any text, any variable ------------------------------------------------------------
+
+
+def _check_outcome(environ: dict[str, str], flags: dict[str, str], name: str) -> None:
+    try:
+        result = load(environ, flags)
+    except SettingsError as exc:
+        message = str(exc)
+        assert message.splitlines() == [message]
+        assert message.startswith(f"{name}=")
+    else:
+        assert isinstance(result, Settings)
+
+
+@pytest.mark.parametrize("variable", VARIABLES)
+@given(data=st.data())
+def test_load_any_text_for_a_variable_gives_settings_or_one_line(
+    variable: str, data: st.DataObject
+) -> None:
+    text = data.draw(st.text(), label="text")
+    _check_outcome({variable: text}, {}, variable)
+
+
+@pytest.mark.parametrize("variable", list(FLAGS))
+@given(data=st.data())
+def test_load_any_text_for_a_flag_gives_settings_or_one_line(
+    variable: str, data: st.DataObject
+) -> None:
+    text = data.draw(st.text(), label="text")
+    _check_outcome({}, {FIELDS[variable]: text}, FLAGS[variable])
