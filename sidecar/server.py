@@ -22,6 +22,7 @@ import uvicorn
 
 from sidecar.control_app import build_control_app
 from sidecar.health import HealthState, Subject, Transition
+from sidecar.heartbeat import HeartbeatWatch
 from sidecar.metrics import ProbeMetrics
 from sidecar.probe_app import build_probe_app, probe_paths
 from sidecar.settings import Kube, Settings
@@ -142,12 +143,14 @@ def describe_start(settings: Settings, probe: socket.socket, control: Path) -> s
     host, port = probe.getsockname()[:2]
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     required = ",".join(settings.required_endpoints) or "none (every announced endpoint counts)"
+    timeout = settings.heartbeat_timeout
+    heartbeat = "off" if timeout is None else f"{timeout:g}s"
     return (
         f"serving probes on http://{where} (health {settings.health_path}, live "
         f"{settings.live_path}, ready /ready, metrics /metrics) and the worker's socket on "
         f"{control}; mode {settings.mode.value}, required endpoints {required}, starting status "
-        f"{settings.starting_status.value}, liveness {settings.liveness.value}, drain "
-        f"{settings.drain_seconds:g}s"
+        f"{settings.starting_status.value}, liveness {settings.liveness.value}, heartbeat "
+        f"timeout {heartbeat}, drain {settings.drain_seconds:g}s"
     )
 
 
@@ -177,6 +180,7 @@ async def serve(settings: Settings) -> int:
         starting=settings.starting_status,
         started_at=clock(),
         liveness=settings.liveness,
+        heartbeat_timeout=settings.heartbeat_timeout,
     )
     state.subscribe(log_transition)
     verdicts = Verdicts(state)
@@ -197,6 +201,9 @@ async def serve(settings: Settings) -> int:
         asyncio.create_task(probe.serve(sockets=[probe_sock]), name="probe-server"),
         asyncio.create_task(control.serve(sockets=[control_sock]), name="control-server"),
     ]
+    watchers = []
+    if settings.heartbeat_timeout is not None:
+        watchers.append(asyncio.create_task(HeartbeatWatch(state, clock).run(stopping)))
     logger.info(describe_start(settings, probe_sock, settings.socket_path))
     if settings.kube is Kube.AUTO and settings.in_cluster:
         logger.info("Kubernetes reporting is not in this version; events and conditions are off")
@@ -212,9 +219,10 @@ async def serve(settings: Settings) -> int:
         exit_code = 1
         stopped.cancel()
 
-    # Ordered shutdown: end held sessions (the worker's life goes on), stop both servers,
-    # then remove the socket file if it is still ours.
+    # Ordered shutdown: stop the watchers and end held sessions (the worker's life goes
+    # on), stop both servers, then remove the socket file if it is still ours.
     stopping.set()
+    await asyncio.gather(*watchers, return_exceptions=True)
     probe.should_exit = control.should_exit = True
     await asyncio.gather(*servers, return_exceptions=True)
     with contextlib.suppress(OSError):

@@ -77,6 +77,7 @@ class Settings:
     kube: Kube = Kube.AUTO
     log_format: LogFormat = LogFormat.TEXT
     log_level: LogLevel = LogLevel.INFO
+    heartbeat_timeout: float | None = None
     # Whether the pod's environment names an API server; `auto` reporting follows it.
     in_cluster: bool = False
 
@@ -143,6 +144,13 @@ OPTIONS: tuple[Option, ...] = (
         "--kube",
         "Kubernetes events and pod condition: on, off or auto (default auto)",
     ),
+    Option(
+        "heartbeat_timeout",
+        "DYN_SIDECAR_HEARTBEAT_TIMEOUT",
+        "--heartbeat-timeout",
+        "seconds of silence after the worker's first heartbeat before its life ends and the "
+        "live path fails (default: off)",
+    ),
     Option("log_format", "DYN_SIDECAR_LOG_FORMAT", "--log-format", "text (default) or json"),
     Option(
         "log_level", "DYN_SIDECAR_LOG_LEVEL", "--log-level", "debug, info (default), warning, error"
@@ -155,7 +163,6 @@ NOT_YET: Mapping[str, str] = {
     "DYN_SIDECAR_NOTIFY_SOCKET": "sd_notify",
     "DYN_SIDECAR_STATE_FILE": "the state file",
     "DYN_SIDECAR_WATCH_PROCESS": "the process watch",
-    "DYN_SIDECAR_HEARTBEAT_TIMEOUT": "the heartbeat timeout",
 }
 
 
@@ -285,6 +292,15 @@ def _parse_seconds(source: str, text: str) -> float:
     return float(value)
 
 
+def _parse_timeout(source: str, text: str) -> float:
+    value = text.strip()
+    if not SECONDS_PATTERN.fullmatch(value) or not 0 < float(value) <= 86400:
+        raise _invalid(
+            source, text, "expected a number of seconds above 0 and up to 86400, such as 30 or 2.5"
+        )
+    return float(value)
+
+
 def _enum_parser(kind: type[E]) -> Callable[[str, str], E]:
     allowed = " or ".join(", ".join(m.value for m in kind).rsplit(", ", 1))
 
@@ -310,6 +326,7 @@ PARSERS: Mapping[str, Callable[[str, str], object]] = {
     "drain_seconds": _parse_seconds,
     "liveness": _enum_parser(Liveness),
     "kube": _enum_parser(Kube),
+    "heartbeat_timeout": _parse_timeout,
     "log_format": _enum_parser(LogFormat),
     "log_level": _enum_parser(LogLevel),
 }

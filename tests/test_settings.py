@@ -51,6 +51,7 @@ NAMES_RULE = (
 )
 SOCKET_LENGTH = f"is invalid: a Unix socket path is at most {SUN_PATH_MAX} bytes"
 SOCKET_FILE = "is invalid: expected an absolute file path for the Unix socket"
+TIMEOUT_RULE = "is invalid: expected a number of seconds above 0 and up to 86400, such as 30 or 2.5"
 SECONDS_RULE = "is invalid: expected a number of seconds from 0 to 86400, such as 5 or 2.5"
 KUBE_ON = (
     "is not supported: Kubernetes reporting is not in this version of the sidecar; use off or auto"
@@ -241,6 +242,12 @@ GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
         (" 10 ", 10.0),
         ("86400", 86400.0),
         ("3.", 3.0),
+    ],
+    "DYN_SIDECAR_HEARTBEAT_TIMEOUT": [
+        ("30", 30.0),
+        ("0.5", 0.5),
+        (" 2.5 ", 2.5),
+        ("86400", 86400.0),
     ],
     "DYN_SIDECAR_LIVENESS": [
         ("started", Liveness.STARTED),
@@ -436,6 +443,14 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
         ("-0", SECONDS_RULE),
         ("+5", SECONDS_RULE),
     ],
+    "DYN_SIDECAR_HEARTBEAT_TIMEOUT": [
+        ("0", TIMEOUT_RULE),
+        ("0.0", TIMEOUT_RULE),
+        ("-5", TIMEOUT_RULE),
+        ("86401", TIMEOUT_RULE),
+        ("nan", TIMEOUT_RULE),
+        ("30s", TIMEOUT_RULE),
+    ],
     "DYN_SIDECAR_LIVENESS": [
         ("ready", "is invalid: expected started or health"),
         ("always", "is invalid: expected started or health"),
@@ -521,7 +536,6 @@ def test_port_off_refused(text: str) -> None:
         ("DYN_SIDECAR_NOTIFY_SOCKET", "sd_notify"),
         ("DYN_SIDECAR_STATE_FILE", "the state file"),
         ("DYN_SIDECAR_WATCH_PROCESS", "the process watch"),
-        ("DYN_SIDECAR_HEARTBEAT_TIMEOUT", "the heartbeat timeout"),
     ],
 )
 def test_not_yet_variable_refused(variable: str, feature: str) -> None:
@@ -543,8 +557,8 @@ def test_load_whitespace_only_variable_counts_as_unset(variable: str) -> None:
 
 
 def test_not_yet_refused_before_other_settings_are_parsed() -> None:
-    message = error_of({"DYN_SYSTEM_PORT": "x", "DYN_SIDECAR_HEARTBEAT_TIMEOUT": "10"})
-    assert message.startswith("DYN_SIDECAR_HEARTBEAT_TIMEOUT='10' is not supported")
+    message = error_of({"DYN_SYSTEM_PORT": "x", "DYN_SIDECAR_WATCH_PROCESS": "vllm"})
+    assert message.startswith("DYN_SIDECAR_WATCH_PROCESS='vllm' is not supported")
 
 
 def test_kube_on_flag_refused_naming_the_flag() -> None:
@@ -598,6 +612,7 @@ OVERRIDES: dict[str, tuple[str, str, object]] = {
     "DYN_SIDECAR_KUBE": ("auto", "off", Kube.OFF),
     "DYN_SIDECAR_LOG_FORMAT": ("text", "json", LogFormat.JSON),
     "DYN_SIDECAR_LOG_LEVEL": ("info", "debug", LogLevel.DEBUG),
+    "DYN_SIDECAR_HEARTBEAT_TIMEOUT": ("30", "2.5", 2.5),
 }
 
 
