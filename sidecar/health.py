@@ -108,6 +108,22 @@ class Life:
     status_text: str = ""
 
 
+@dataclass(frozen=True)
+class SavedState:
+    """What survives a sidecar restart: the worker's current life, as the state file keeps it."""
+
+    life: int
+    alive: bool
+    ever_ready: bool
+    pid: int | None
+    end_reason: str
+    heartbeats: bool
+    declared: Status | None
+    status_text: str
+    endpoints: Mapping[str, Status]
+    instances: tuple[Instance, ...]
+
+
 class CapacityError(Exception):
     """The worker asked for more endpoints or instances than the sidecar keeps."""
 
@@ -132,6 +148,9 @@ class HealthState:
     _status: Status = field(init=False)
     _status_since: float = field(init=False)
     _subscribers: list[Subscriber] = field(default_factory=list, init=False, repr=False)
+    _change_listeners: list[Callable[[], None]] = field(
+        default_factory=list, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         self.life = Life(number=1, began_at=self.started_at)
@@ -168,7 +187,68 @@ class HealthState:
         return [self.instances[key] for key in sorted(self.instances)]
 
     def subscribe(self, subscriber: Subscriber) -> None:
+        """Hear of every transition, for logs and events."""
         self._subscribers.append(subscriber)
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Hear of every visible change, transitions and instances alike (the state file)."""
+        self._change_listeners.append(listener)
+
+    def save(self) -> SavedState:
+        """The part of the state that must outlive the sidecar's process."""
+        life = self.life
+        return SavedState(
+            life=life.number,
+            alive=self.alive,
+            ever_ready=life.ever_ready,
+            pid=life.pid,
+            end_reason=life.end_reason,
+            heartbeats=life.last_heartbeat is not None,
+            declared=life.declared,
+            status_text=life.status_text,
+            endpoints={name: record.status for name, record in self.endpoints.items()},
+            instances=tuple(self.sorted_instances()),
+        )
+
+    def restore(self, saved: SavedState, now: float) -> None:
+        """Continue a saved life: a sidecar restart must not make a ready worker look dead.
+
+        Time spent in the old process is not known to this clock, so every duration
+        restarts at `now`; a restored heartbeat deadline gives the worker a full timeout.
+        """
+        self.life = Life(
+            number=saved.life,
+            began_at=now,
+            ever_ready=saved.ever_ready,
+            pid=saved.pid,
+            declared=saved.declared,
+            status_text=saved.status_text,
+            last_signal=now,
+            last_heartbeat=now if saved.heartbeats else None,
+        )
+        if not saved.alive:
+            self.life.ended_at = now
+            self.life.end_reason = saved.end_reason
+        self.endpoints = {
+            name: EndpointRecord(status, now) for name, status in saved.endpoints.items()
+        }
+        for name in self.required:
+            self.endpoints.setdefault(name, EndpointRecord(self.starting, now))
+        self.instances = {i.key: i for i in saved.instances} if saved.alive else {}
+        self._status = self._decide_status()
+        self._status_since = now
+        self._touch()
+        self._publish(
+            Transition(
+                Subject.LIFE,
+                f"worker life {saved.life}",
+                "saved",
+                "alive" if saved.alive else "ended",
+                now,
+                0.0,
+                "restored from the state file",
+            )
+        )
 
     # -- writing: the worker's signals -----------------------------------------------------
 
@@ -183,7 +263,7 @@ class HealthState:
             # so the first "ready" reports how long the model took to load.
             record = EndpointRecord(Status.NOTREADY, self.life.began_at)
             self.endpoints[name] = record
-            self.version += 1
+            self._touch()
         if record.status is not status:
             self._change_endpoint(name, record, status, now)
         self._reconsider(now)
@@ -196,7 +276,7 @@ class HealthState:
         if is_new and len(self.instances) >= MAX_INSTANCES:
             raise CapacityError(f"the sidecar keeps at most {MAX_INSTANCES} instances")
         self.instances[instance.key] = instance
-        self.version += 1
+        self._touch()
         return is_new
 
     def remove_instances(self, instance_id: int, now: float) -> int:
@@ -206,7 +286,7 @@ class HealthState:
         for key in doomed:
             del self.instances[key]
         if doomed:
-            self.version += 1
+            self._touch()
         return len(doomed)
 
     def heartbeat(self, now: float, pid: int | None = None) -> None:
@@ -245,7 +325,7 @@ class HealthState:
         """sd_notify `STATUS=...`: free text shown by `status` and in events."""
         self._signal(now, pid)
         self.life.status_text = text
-        self.version += 1
+        self._touch()
 
     def process_started(self, pid: int, now: float) -> None:
         """The process watch found the worker's process: a new one begins a new life."""
@@ -283,7 +363,7 @@ class HealthState:
         self.instances.clear()
         self.life.ended_at = now
         self.life.end_reason = reason
-        self.version += 1
+        self._touch()
         self._publish(
             Transition(
                 Subject.LIFE,
@@ -302,7 +382,7 @@ class HealthState:
         if self.draining:
             return
         self.draining = True
-        self.version += 1
+        self._touch()
         self._publish(
             Transition(Subject.DRAIN, "sidecar", "serving", "draining", now, now - self.started_at)
         )
@@ -322,7 +402,7 @@ class HealthState:
         self.life = Life(number=previous.number + 1, began_at=now)
         self.endpoints.clear()
         self._seed_required(now)
-        self.version += 1
+        self._touch()
         self._publish(
             Transition(
                 Subject.LIFE,
@@ -357,7 +437,7 @@ class HealthState:
             return
         old, self._status = self._status, status
         after, self._status_since = now - self._status_since, now
-        self.version += 1
+        self._touch()
         self._publish(Transition(Subject.WORKER, "worker", old.value, status.value, now, after))
 
     def _set_all(self, status: Status, now: float) -> None:
@@ -374,8 +454,14 @@ class HealthState:
         old, after = record.status, now - record.since
         record.status, record.since = status, now
         record.transitions += 1
-        self.version += 1
+        self._touch()
         self._publish(Transition(Subject.ENDPOINT, name, old.value, status.value, now, after))
+
+    def _touch(self) -> None:
+        """Something a reader can see changed: a new version, and word to the listeners."""
+        self.version += 1
+        for listener in self._change_listeners:
+            listener()
 
     def _publish(self, transition: Transition) -> None:
         for subscriber in self._subscribers:

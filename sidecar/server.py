@@ -20,12 +20,14 @@ from pathlib import Path
 
 import uvicorn
 
+from sidecar import statefile
 from sidecar.control_app import build_control_app
 from sidecar.health import HealthState, Subject, Transition
 from sidecar.heartbeat import HeartbeatWatch
 from sidecar.metrics import ProbeMetrics
 from sidecar.probe_app import build_probe_app, probe_paths
 from sidecar.settings import Kube, Settings
+from sidecar.statefile import StateFileWriter
 from sidecar.verdict import Verdicts
 
 logger = logging.getLogger("dynamo_health_sidecar")
@@ -120,6 +122,17 @@ def _remove_stale_socket(path: Path) -> None:
     raise StartupError(f"{path} is in use by another running process; is a sidecar already there?")
 
 
+def restore(state: HealthState, path: Path, now: float) -> None:
+    """Continue the worker's life from the state file, or start fresh when it can't be trusted."""
+    try:
+        saved = statefile.read(path)
+    except statefile.CorruptStateFile as exc:
+        logger.warning("ignoring the state file %s: %s; starting fresh", path, exc)
+        return
+    if saved is not None:
+        state.restore(saved, now)
+
+
 def log_transition(transition: Transition) -> None:
     level = (
         logging.WARNING
@@ -150,7 +163,8 @@ def describe_start(settings: Settings, probe: socket.socket, control: Path) -> s
         f"{settings.live_path}, ready /ready, metrics /metrics) and the worker's socket on "
         f"{control}; mode {settings.mode.value}, required endpoints {required}, starting status "
         f"{settings.starting_status.value}, liveness {settings.liveness.value}, heartbeat "
-        f"timeout {heartbeat}, drain {settings.drain_seconds:g}s"
+        f"timeout {heartbeat}, drain {settings.drain_seconds:g}s, state file "
+        f"{settings.state_file or 'off'}"
     )
 
 
@@ -183,6 +197,8 @@ async def serve(settings: Settings) -> int:
         heartbeat_timeout=settings.heartbeat_timeout,
     )
     state.subscribe(log_transition)
+    if settings.state_file is not None:
+        restore(state, settings.state_file, clock())
     verdicts = Verdicts(state)
     metrics = ProbeMetrics(state, probe_paths(settings), clock=clock)
     stopping = asyncio.Event()
@@ -204,6 +220,9 @@ async def serve(settings: Settings) -> int:
     watchers = []
     if settings.heartbeat_timeout is not None:
         watchers.append(asyncio.create_task(HeartbeatWatch(state, clock).run(stopping)))
+    if settings.state_file is not None:
+        writer = StateFileWriter(settings.state_file, state)
+        watchers.append(asyncio.create_task(writer.run(stopping)))
     logger.info(describe_start(settings, probe_sock, settings.socket_path))
     if settings.kube is Kube.AUTO and settings.in_cluster:
         logger.info("Kubernetes reporting is not in this version; events and conditions are off")

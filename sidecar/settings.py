@@ -29,6 +29,7 @@ PATH_RULE = "at most 1024 characters of letters, digits and - . _ ~ ! $ & ' ( ) 
 SUN_PATH_MAX = 107
 SECONDS_PATTERN = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 DEFAULT_SOCKET = "/var/run/dynamo/health.sock"
+DEFAULT_STATE_FILE = "/var/run/dynamo/health.state.json"
 # Paths the probe port serves besides the configurable ones.
 READY_PATH = "/ready"
 METRICS_PATH = "/metrics"
@@ -72,6 +73,7 @@ class Settings:
     required_endpoints: tuple[str, ...] = ()
     mode: Mode = Mode.WORKER
     socket_path: Path = Path(DEFAULT_SOCKET)
+    state_file: Path | None = Path(DEFAULT_STATE_FILE)
     drain_seconds: float = 5.0
     liveness: Liveness = Liveness.STARTED
     kube: Kube = Kube.AUTO
@@ -127,6 +129,13 @@ OPTIONS: tuple[Option, ...] = (
         f"path of the worker's Unix socket (default {DEFAULT_SOCKET})",
     ),
     Option(
+        "state_file",
+        "DYN_SIDECAR_STATE_FILE",
+        "--state-file",
+        "where the worker's state survives a sidecar restart, or off (default: beside the "
+        "socket, NAME.state.json)",
+    ),
+    Option(
         "drain_seconds",
         "DYN_SIDECAR_DRAIN_SECONDS",
         "--drain-seconds",
@@ -161,7 +170,6 @@ OPTIONS: tuple[Option, ...] = (
 # silently would leave a user believing a worker is watched when it is not.
 NOT_YET: Mapping[str, str] = {
     "DYN_SIDECAR_NOTIFY_SOCKET": "sd_notify",
-    "DYN_SIDECAR_STATE_FILE": "the state file",
     "DYN_SIDECAR_WATCH_PROCESS": "the process watch",
 }
 
@@ -186,9 +194,16 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
     for name, (source, text) in raw.items():
         values[name] = PARSERS[name](source, text)
     values.pop("enabled", None)
+    if "state_file" not in values:
+        socket_path = values.get("socket_path", Settings.socket_path)
+        assert isinstance(socket_path, Path)
+        values["state_file"] = socket_path.with_name(f"{socket_path.stem}.state.json")
     values["in_cluster"] = bool(environ.get("KUBERNETES_SERVICE_HOST"))
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_paths(settings, raw)
+    if settings.state_file == settings.socket_path:
+        source, text = raw["state_file"]
+        raise _invalid(source, text, "the state file must not be the worker's socket")
     if settings.kube is Kube.ON:
         source, text = raw["kube"]
         raise SettingsError(
@@ -283,6 +298,14 @@ def _parse_socket(source: str, text: str) -> Path:
     return Path(text)
 
 
+def _parse_state_file(source: str, text: str) -> Path | None:
+    if text.strip().lower() == "off":
+        return None
+    if "\0" in text or text.endswith("/") or not text.startswith("/"):
+        raise _invalid(source, text, "expected an absolute file path, or off")
+    return Path(text)
+
+
 def _parse_seconds(source: str, text: str) -> float:
     value = text.strip()
     if not SECONDS_PATTERN.fullmatch(value) or float(value) > 86400:
@@ -323,6 +346,7 @@ PARSERS: Mapping[str, Callable[[str, str], object]] = {
     "required_endpoints": _parse_endpoint_list,
     "mode": _enum_parser(Mode),
     "socket_path": _parse_socket,
+    "state_file": _parse_state_file,
     "drain_seconds": _parse_seconds,
     "liveness": _enum_parser(Liveness),
     "kube": _enum_parser(Kube),

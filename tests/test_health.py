@@ -419,3 +419,41 @@ def test_health_same_process_seen_again_changes_nothing() -> None:
     version = state.version
     state.process_started(4242, 102.0)
     assert (state.life.number, state.version) == (1, version)
+
+
+def test_health_restore_continues_a_ready_life_as_live() -> None:
+    old, _ = make_state(("generate",))
+    old.heartbeat(101.0, pid=4242)
+    old.set_endpoint("generate", READY, 102.0)
+    old.register_instance(instance(), 102.0)
+    new, seen = make_state(("generate",))
+    new.restore(old.save(), 500.0)
+    assert (new.life.number, new.life.pid, new.status) == (1, 4242, READY)
+    assert new.live() == (True, "")
+    assert new.instances == old.instances
+    assert seen[-1].describe() == (
+        "worker life 1: saved -> alive after 0.0s (restored from the state file)"
+    )
+
+
+def test_health_restore_keeps_an_ended_life_ended() -> None:
+    old, _ = make_state(("generate",))
+    old.end_life("its process 7 exited", 101.0)
+    new, _ = make_state(("generate",))
+    new.restore(old.save(), 500.0)
+    assert new.live() == (False, "worker life 1 ended: its process 7 exited")
+
+
+def test_health_restore_seeds_required_endpoints_missing_from_the_file() -> None:
+    old, _ = make_state(("generate",))
+    new, _ = make_state(("generate", "clear_kv_blocks"))
+    new.restore(old.save(), 500.0)
+    assert statuses(new) == {"generate": "notready", "clear_kv_blocks": "notready"}
+
+
+def test_health_restore_gives_a_heartbeating_worker_a_full_timeout() -> None:
+    old = HealthState(required=(), starting=NOTREADY, started_at=100.0, heartbeat_timeout=5.0)
+    old.heartbeat(101.0)
+    new = HealthState(required=(), starting=NOTREADY, started_at=500.0, heartbeat_timeout=5.0)
+    new.restore(old.save(), 500.0)
+    assert new.heartbeat_deadline() == 505.0

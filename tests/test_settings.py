@@ -243,6 +243,12 @@ GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
         ("86400", 86400.0),
         ("3.", 3.0),
     ],
+    "DYN_SIDECAR_STATE_FILE": [
+        ("/data/state.json", Path("/data/state.json")),
+        ("off", None),
+        ("OFF", None),
+        (" off ", None),
+    ],
     "DYN_SIDECAR_HEARTBEAT_TIMEOUT": [
         ("30", 30.0),
         ("0.5", 0.5),
@@ -294,8 +300,27 @@ def test_load_accepts_good_variable(variable: str, text: str, expected: object) 
     field = FIELDS[variable]
     settings = load({variable: text})
     assert getattr(settings, field) == expected
-    # Every other setting keeps its default.
-    assert dataclasses.replace(settings, **{field: getattr(Settings(), field)}) == Settings()
+    # Every other setting keeps its default, but the state file, which follows the socket.
+    defaults = {field: getattr(Settings(), field), "state_file": Settings().state_file}
+    assert dataclasses.replace(settings, **defaults) == Settings()
+
+
+def test_state_file_defaults_beside_the_socket() -> None:
+    settings = load({"DYN_SIDECAR_SOCKET": "/run/dyn/worker.sock"})
+    assert settings.state_file == Path("/run/dyn/worker.state.json")
+
+
+def test_state_file_setting_wins_over_the_socket_default() -> None:
+    environ = {"DYN_SIDECAR_SOCKET": "/run/a.sock", "DYN_SIDECAR_STATE_FILE": "/data/s.json"}
+    assert load(environ).state_file == Path("/data/s.json")
+
+
+def test_state_file_equal_to_the_socket_is_refused() -> None:
+    environ = {"DYN_SIDECAR_SOCKET": "/run/a.sock", "DYN_SIDECAR_STATE_FILE": "/run/a.sock"}
+    assert error_of(environ) == (
+        "DYN_SIDECAR_STATE_FILE='/run/a.sock' is invalid: the state file must not be the "
+        "worker's socket"
+    )
 
 
 @pytest.mark.parametrize("text", ["true", "TRUE", "True", " true ", "1", " 1 "])
@@ -443,6 +468,11 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
         ("-0", SECONDS_RULE),
         ("+5", SECONDS_RULE),
     ],
+    "DYN_SIDECAR_STATE_FILE": [
+        ("state.json", "is invalid: expected an absolute file path, or off"),
+        ("/data/", "is invalid: expected an absolute file path, or off"),
+        ("none", "is invalid: expected an absolute file path, or off"),
+    ],
     "DYN_SIDECAR_HEARTBEAT_TIMEOUT": [
         ("0", TIMEOUT_RULE),
         ("0.0", TIMEOUT_RULE),
@@ -534,7 +564,6 @@ def test_port_off_refused(text: str) -> None:
     ("variable", "feature"),
     [
         ("DYN_SIDECAR_NOTIFY_SOCKET", "sd_notify"),
-        ("DYN_SIDECAR_STATE_FILE", "the state file"),
         ("DYN_SIDECAR_WATCH_PROCESS", "the process watch"),
     ],
 )
@@ -613,6 +642,7 @@ OVERRIDES: dict[str, tuple[str, str, object]] = {
     "DYN_SIDECAR_LOG_FORMAT": ("text", "json", LogFormat.JSON),
     "DYN_SIDECAR_LOG_LEVEL": ("info", "debug", LogLevel.DEBUG),
     "DYN_SIDECAR_HEARTBEAT_TIMEOUT": ("30", "2.5", 2.5),
+    "DYN_SIDECAR_STATE_FILE": ("/tmp/a.json", "off", None),
 }
 
 
