@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ JSON = "application/json"
 MAX_BODY = 64 * 1024
 MAX_INSTANCE_ID = 2**64 - 1
 MAX_PID = 2**31 - 1
+INSTANCE_ID_RULE = f"expected an integer from 0 to {MAX_INSTANCE_ID}"
 INSTANCE_FIELDS = ("namespace", "component", "endpoint", "instance_id", "transport")
 INSTANCE_OPTIONAL = ("model",)
 
@@ -39,6 +41,11 @@ class ApiError(Exception):
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+
+
+def shown(value: object) -> str:
+    """A value as the worker wrote it: JSON (`null`, `true`, `"a b"`), not Python."""
+    return json.dumps(value, ensure_ascii=False)[:200]
 
 
 def json_response(value: object, status_code: int = 200) -> Response:
@@ -58,9 +65,14 @@ async def read_json(request: Request) -> Any:
     if not body.strip():
         return None
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+
+
+def _refuse_constant(name: str) -> None:
+    # Python's json takes NaN and Infinity, which no JSON client could read back.
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def require_object(value: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -68,13 +80,13 @@ def require_object(value: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
         raise ApiError(422, f"the body must be a JSON object with the fields {', '.join(allowed)}")
     unknown = sorted(set(value) - set(allowed))
     if unknown:
-        raise ApiError(422, f"unknown field {unknown[0]!r}; allowed: {', '.join(allowed)}")
+        raise ApiError(422, f"unknown field {shown(unknown[0])}; allowed: {', '.join(allowed)}")
     return value
 
 
 def check_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-        raise ApiError(422, f"{what} {value!r} is invalid: names are {NAME_RULE}")
+        raise ApiError(422, f"{what} {shown(value)} is invalid: names are {NAME_RULE}")
     return value
 
 
@@ -83,7 +95,7 @@ def check_status(value: Any) -> Status:
         return Status(value)
     except ValueError:
         raise ApiError(
-            422, f'status {value!r} is invalid: expected "ready" or "notready"'
+            422, f'status {shown(value)} is invalid: expected "ready" or "notready"'
         ) from None
 
 
@@ -91,7 +103,7 @@ def check_instance_id(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INSTANCE_ID:
         raise ApiError(
             422,
-            f"instance_id {value!r} is invalid: expected an integer from 0 to {MAX_INSTANCE_ID}",
+            f"instance_id {shown(value)} is invalid: {INSTANCE_ID_RULE}",
         )
     return value
 
@@ -104,7 +116,7 @@ def check_pid(body: Any) -> int | None:
     if pid is None:
         return None
     if isinstance(pid, bool) or not isinstance(pid, int) or not 1 <= pid <= MAX_PID:
-        raise ApiError(422, f"pid {pid!r} is invalid: expected an integer from 1 to {MAX_PID}")
+        raise ApiError(422, f"pid {shown(pid)} is invalid: expected an integer from 1 to {MAX_PID}")
     return pid
 
 
@@ -112,14 +124,16 @@ def parse_instance(body: Any) -> Instance:
     fields = require_object(body, INSTANCE_FIELDS + INSTANCE_OPTIONAL)
     missing = [name for name in INSTANCE_FIELDS if name not in fields]
     if missing:
-        raise ApiError(422, f"missing field {missing[0]!r}; required: {', '.join(INSTANCE_FIELDS)}")
+        raise ApiError(
+            422, f"missing field {shown(missing[0])}; required: {', '.join(INSTANCE_FIELDS)}"
+        )
     transport = fields["transport"]
     if not isinstance(transport, dict):
         raise ApiError(422, 'transport must be a JSON object, such as {"nats_tcp": "subject"}')
     endpoint = check_name(fields["endpoint"], "endpoint")
     model = fields.get("model", endpoint == "generate")
     if not isinstance(model, bool):
-        raise ApiError(422, f"model {model!r} is invalid: expected true or false")
+        raise ApiError(422, f"model {shown(model)} is invalid: expected true or false")
     return Instance(
         namespace=check_name(fields["namespace"], "namespace"),
         component=check_name(fields["component"], "component"),
@@ -246,10 +260,10 @@ def build_control_app(
 
     async def delete_instance(request: Request) -> Response:
         text = request.path_params["instance_id"]
-        if not text.isdigit() or int(text) > MAX_INSTANCE_ID:
+        if not re.fullmatch(r"[0-9]{1,20}", text) or int(text) > MAX_INSTANCE_ID:
             raise ApiError(
                 422,
-                f"instance_id {text!r} is invalid: expected an integer from 0 to {MAX_INSTANCE_ID}",
+                f"instance_id {shown(text)} is invalid: {INSTANCE_ID_RULE}",
             )
         await read_json(request)
         instance_id = int(text)
@@ -296,4 +310,7 @@ def build_control_app(
         Route("/v1/session", SessionEndpoint(state, clock, stopping), methods=["POST"]),
         Route("/v1/status", get_status, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: refuse, ApiError: refuse})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: refuse, ApiError: refuse})
+    # A redirect is not an answer a worker's client expects: `/v1/status/` is simply unknown.
+    app.router.redirect_slashes = False
+    return app

@@ -90,7 +90,10 @@ def build_probe_app(
     ]
     if settings.health_path != READY_PATH:
         routes.append(Route(READY_PATH, ready_route, methods=["GET"]))
-    return Starlette(routes=routes, exception_handlers={HTTPException: refuse})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: refuse})
+    # The kubelet follows a redirect (only to the same host): a probe must get its answer here.
+    app.router.redirect_slashes = False
+    return app
 
 
 def probe_paths(settings: Settings) -> tuple[str, ...]:

@@ -197,8 +197,6 @@ async def serve(settings: Settings) -> int:
         heartbeat_timeout=settings.heartbeat_timeout,
     )
     state.subscribe(log_transition)
-    if settings.state_file is not None:
-        restore(state, settings.state_file, clock())
     verdicts = Verdicts(state)
     metrics = ProbeMetrics(state, probe_paths(settings), clock=clock)
     stopping = asyncio.Event()
@@ -210,6 +208,10 @@ async def serve(settings: Settings) -> int:
         probe_sock.close()
         raise
     control_inode = os.stat(settings.socket_path).st_ino
+    # Both sockets are bound (connections wait in their backlogs), so a probe can only
+    # ever see the restored state.
+    if settings.state_file is not None:
+        restore(state, settings.state_file, clock())
 
     probe = Server(uvicorn_config(build_probe_app(settings, verdicts, metrics, clock)))
     control = Server(uvicorn_config(build_control_app(settings, state, verdicts, stopping, clock)))
@@ -254,8 +256,18 @@ async def serve(settings: Settings) -> int:
 async def drain(
     state: HealthState, seconds: float, again: asyncio.Event, clock: Callable[[], float]
 ) -> None:
-    """Fail readiness at once and keep answering for `seconds`; a second signal cuts it short."""
+    """Fail readiness at once and keep answering until the worker's life ends or `seconds`
+    pass, whichever is first (contract section 6); a second signal cuts it short."""
     state.drain(clock())
-    logger.info("draining: readiness fails, liveness holds; exiting in %gs", seconds)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(again.wait(), timeout=seconds)
+    if not state.alive:
+        logger.info("draining: the worker's life has already ended; exiting now")
+        return
+    logger.info("draining: readiness fails, liveness holds; exiting in %gs at most", seconds)
+    worker_gone = asyncio.Event()
+    state.subscribe(lambda t: worker_gone.set() if t.subject is Subject.LIFE else None)
+    waits = [asyncio.ensure_future(again.wait()), asyncio.ensure_future(worker_gone.wait())]
+    done, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in pending:
+        waiter.cancel()
+    if waits[1] in done:
+        logger.info("draining: the worker's life has ended; exiting now")

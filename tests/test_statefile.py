@@ -225,18 +225,19 @@ def test_statefile_sigkilled_sidecar_restarts_with_a_ready_worker_still_live(
 def test_statefile_restart_keeps_an_ended_life_ended(run_sidecar: Callable[..., Sidecar]) -> None:
     env = {
         "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": "generate",
-        "DYN_SIDECAR_HEARTBEAT_TIMEOUT": "0.3",
+        "DYN_SIDECAR_HEARTBEAT_TIMEOUT": "0.5",
     }
     first = run_sidecar(env)
-    first.control("POST", "/v1/heartbeat")
+    # Ready first: the heartbeat arms the deadline, so nothing ends before both are in.
     first.control("POST", "/v1/endpoints/generate/ready")
+    first.control("POST", "/v1/heartbeat")
     assert wait_until(lambda: first.probe("/live").status_code == 503, timeout=3.0)
     state_file = first.socket_path.with_name("health.state.json")
     assert wait_until(lambda: b'"alive":false' in state_file.read_bytes())
     second = restart(run_sidecar, first, env)
     body = second.probe("/live").json()
     assert body["live"] is False
-    assert body["reason"] == "worker life 1 ended: no heartbeat for 0.3s"
+    assert body["reason"] == "worker life 1 ended: no heartbeat for 0.5s"
 
 
 def test_statefile_corrupt_file_is_ignored_with_a_warning(
