@@ -72,6 +72,24 @@ class HealthCollector(Collector):
         yield lives
 
 
+class _ReadAtScrape(Collector):
+    def __init__(
+        self,
+        family: type[CounterMetricFamily] | type[GaugeMetricFamily],
+        name: str,
+        documentation: str,
+        read: Callable[[], float | None],
+    ) -> None:
+        self.family, self.name, self.documentation, self.read = family, name, documentation, read
+
+    def collect(self) -> Iterator[Metric]:
+        value = self.read()
+        if value is not None:
+            metric = self.family(self.name, self.documentation)
+            metric.add_metric([], value)
+            yield metric
+
+
 def _gauge(name: str, documentation: str, value: bool) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, documentation)
     family.add_metric([], 1.0 if value else 0.0)
@@ -97,6 +115,14 @@ class ProbeMetrics(Collector):
         self.requests: dict[tuple[str, int], int] = {}
         self.registry.register(HealthCollector(state, clock))
         self.registry.register(self)
+
+    def add_counter(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A counter an adapter keeps (sd_notify datagrams, say), read at scrape time."""
+        self.registry.register(_ReadAtScrape(CounterMetricFamily, name, documentation, read))
+
+    def add_gauge(self, name: str, documentation: str, read: Callable[[], float | None]) -> None:
+        """A gauge an adapter knows (the worker's memory, say); None leaves it out."""
+        self.registry.register(_ReadAtScrape(GaugeMetricFamily, name, documentation, read))
 
     def count(self, path: str, code: int) -> None:
         key = (path if path in self.paths else "other", code)

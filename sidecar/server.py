@@ -25,6 +25,7 @@ from sidecar.control_app import build_control_app
 from sidecar.health import HealthState, Subject, Transition
 from sidecar.heartbeat import HeartbeatWatch
 from sidecar.metrics import ProbeMetrics
+from sidecar.notify import NotifyListener, NotifySocketError
 from sidecar.probe_app import build_probe_app, probe_paths
 from sidecar.settings import Kube, Settings
 from sidecar.statefile import StateFileWriter
@@ -133,6 +134,19 @@ def restore(state: HealthState, path: Path, now: float) -> None:
         state.restore(saved, now)
 
 
+def watch_notify(metrics: ProbeMetrics, notify: NotifyListener) -> None:
+    metrics.add_counter(
+        "dynamo_sidecar_notify_datagrams",
+        "sd_notify datagrams received.",
+        lambda: notify.received,
+    )
+    metrics.add_counter(
+        "dynamo_sidecar_notify_malformed_datagrams",
+        "sd_notify datagrams ignored because they were malformed.",
+        lambda: notify.malformed,
+    )
+
+
 def log_transition(transition: Transition) -> None:
     level = (
         logging.WARNING
@@ -164,7 +178,7 @@ def describe_start(settings: Settings, probe: socket.socket, control: Path) -> s
         f"{control}; mode {settings.mode.value}, required endpoints {required}, starting status "
         f"{settings.starting_status.value}, liveness {settings.liveness.value}, heartbeat "
         f"timeout {heartbeat}, drain {settings.drain_seconds:g}s, state file "
-        f"{settings.state_file or 'off'}"
+        f"{settings.state_file or 'off'}, sd_notify {settings.notify_socket or 'off'}"
     )
 
 
@@ -208,6 +222,17 @@ async def serve(settings: Settings) -> int:
         probe_sock.close()
         raise
     control_inode = os.stat(settings.socket_path).st_ino
+    notify = None
+    if settings.notify_socket is not None:
+        notify = NotifyListener(settings.notify_socket, state, clock)
+        try:
+            notify.start()
+        except NotifySocketError as exc:
+            probe_sock.close()
+            control_sock.close()
+            settings.socket_path.unlink(missing_ok=True)
+            raise StartupError(str(exc)) from None
+        watch_notify(metrics, notify)
     # Both sockets are bound (connections wait in their backlogs), so a probe can only
     # ever see the restored state.
     if settings.state_file is not None:
@@ -246,6 +271,8 @@ async def serve(settings: Settings) -> int:
     await asyncio.gather(*watchers, return_exceptions=True)
     probe.should_exit = control.should_exit = True
     await asyncio.gather(*servers, return_exceptions=True)
+    if notify is not None:
+        notify.close()
     with contextlib.suppress(OSError):
         if os.stat(settings.socket_path).st_ino == control_inode:
             settings.socket_path.unlink()

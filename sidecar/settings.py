@@ -74,6 +74,7 @@ class Settings:
     mode: Mode = Mode.WORKER
     socket_path: Path = Path(DEFAULT_SOCKET)
     state_file: Path | None = Path(DEFAULT_STATE_FILE)
+    notify_socket: Path | None = None
     drain_seconds: float = 5.0
     liveness: Liveness = Liveness.STARTED
     kube: Kube = Kube.AUTO
@@ -129,6 +130,12 @@ OPTIONS: tuple[Option, ...] = (
         f"path of the worker's Unix socket (default {DEFAULT_SOCKET})",
     ),
     Option(
+        "notify_socket",
+        "DYN_SIDECAR_NOTIFY_SOCKET",
+        "--notify-socket",
+        "path of an sd_notify datagram socket for workers that call sd_notify (default: off)",
+    ),
+    Option(
         "state_file",
         "DYN_SIDECAR_STATE_FILE",
         "--state-file",
@@ -169,7 +176,6 @@ OPTIONS: tuple[Option, ...] = (
 # Settings of the contract whose feature this version does not have yet. Accepting them
 # silently would leave a user believing a worker is watched when it is not.
 NOT_YET: Mapping[str, str] = {
-    "DYN_SIDECAR_NOTIFY_SOCKET": "sd_notify",
     "DYN_SIDECAR_WATCH_PROCESS": "the process watch",
 }
 
@@ -204,6 +210,16 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
     if settings.state_file == settings.socket_path:
         source, text = raw["state_file"]
         raise _invalid(source, text, "the state file must not be the worker's socket")
+    if settings.notify_socket is not None and settings.notify_socket in (
+        settings.socket_path,
+        settings.state_file,
+    ):
+        source, text = raw["notify_socket"]
+        raise _invalid(
+            source,
+            text,
+            "the notify socket must differ from the worker's socket and the state file",
+        )
     if settings.kube is Kube.ON:
         source, text = raw["kube"]
         raise SettingsError(
@@ -346,6 +362,7 @@ PARSERS: Mapping[str, Callable[[str, str], object]] = {
     "required_endpoints": _parse_endpoint_list,
     "mode": _enum_parser(Mode),
     "socket_path": _parse_socket,
+    "notify_socket": _parse_socket,
     "state_file": _parse_state_file,
     "drain_seconds": _parse_seconds,
     "liveness": _enum_parser(Liveness),

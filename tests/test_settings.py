@@ -243,6 +243,9 @@ GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
         ("86400", 86400.0),
         ("3.", 3.0),
     ],
+    "DYN_SIDECAR_NOTIFY_SOCKET": [
+        ("/run/dynamo/notify.sock", Path("/run/dynamo/notify.sock")),
+    ],
     "DYN_SIDECAR_STATE_FILE": [
         ("/data/state.json", Path("/data/state.json")),
         ("off", None),
@@ -468,6 +471,14 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
         ("-0", SECONDS_RULE),
         ("+5", SECONDS_RULE),
     ],
+    "DYN_SIDECAR_NOTIFY_SOCKET": [
+        ("notify.sock", SOCKET_FILE),
+        (socket_path_of(SUN_PATH_MAX + 1), SOCKET_LENGTH),
+        (
+            "/var/run/dynamo/health.sock",
+            "is invalid: the notify socket must differ from the worker's socket and the state file",
+        ),
+    ],
     "DYN_SIDECAR_STATE_FILE": [
         ("state.json", "is invalid: expected an absolute file path, or off"),
         ("/data/", "is invalid: expected an absolute file path, or off"),
@@ -563,7 +574,6 @@ def test_port_off_refused(text: str) -> None:
 @pytest.mark.parametrize(
     ("variable", "feature"),
     [
-        ("DYN_SIDECAR_NOTIFY_SOCKET", "sd_notify"),
         ("DYN_SIDECAR_WATCH_PROCESS", "the process watch"),
     ],
 )
@@ -643,6 +653,7 @@ OVERRIDES: dict[str, tuple[str, str, object]] = {
     "DYN_SIDECAR_LOG_LEVEL": ("info", "debug", LogLevel.DEBUG),
     "DYN_SIDECAR_HEARTBEAT_TIMEOUT": ("30", "2.5", 2.5),
     "DYN_SIDECAR_STATE_FILE": ("/tmp/a.json", "off", None),
+    "DYN_SIDECAR_NOTIFY_SOCKET": ("/tmp/n1.sock", "/tmp/n2.sock", Path("/tmp/n2.sock")),
 }
 
 
