@@ -9,11 +9,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-import uvloop
-
 from sidecar import __version__
-from sidecar.logs import configure
-from sidecar.server import StartupError, serve
+from sidecar.client import resolve_socket
+from sidecar.commands import show_status, signal_sidecar
 from sidecar.settings import OPTIONS, SettingsError, load
 
 PROG = "dynamo-health-sidecar"
@@ -40,6 +38,21 @@ serves:
 
 example:
   dynamo-health-sidecar serve --port 9090 --endpoints generate --socket /tmp/health.sock"""
+
+
+SIGNAL_EPILOG = """\
+exit codes: 0 done, 1 no sidecar answers on the socket, 2 a usage error or the sidecar
+refused the request (the line on stderr says why).
+
+examples:
+  dynamo-health-sidecar signal ready generate
+  dynamo-health-sidecar signal heartbeat --socket /tmp/health.sock"""
+
+STATUS_EPILOG = """\
+exit codes: 0 ready (or healthy), 3 not ready, 1 no sidecar answers on the socket.
+
+example:
+  kubectl exec POD -c health-sidecar -- dynamo-health-sidecar status"""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -74,18 +87,66 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="VALUE",
                 help=f"{option.help} [{option.variable}]",
             )
+    socket_help = (
+        "the worker's socket (default: DYN_SIDECAR_SOCKET, else /var/run/dynamo/health.sock)"
+    )
+    signal_parser = commands.add_parser(
+        "signal",
+        help="tell a running sidecar an endpoint is ready or not, or that the worker is alive",
+        description="Tell a running sidecar something, for workers without Python.",
+        epilog=SIGNAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    signal_parser.add_argument("action", choices=["ready", "notready", "heartbeat"])
+    signal_parser.add_argument("endpoint", nargs="?", help="the endpoint (ready and notready)")
+    signal_parser.add_argument("--socket", metavar="PATH", help=socket_help)
+    signal_parser.add_argument(
+        "--pid", type=int, metavar="PID", help="the worker's pid, sent with the signal"
+    )
+    status_parser = commands.add_parser(
+        "status",
+        help="print what a running sidecar sees",
+        description="Print what a running sidecar sees: the worker's status, life and endpoints.",
+        epilog=STATUS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    status_parser.add_argument("--json", action="store_true", help="print JSON, not a table")
+    status_parser.add_argument("--socket", metavar="PATH", help=socket_help)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     environ = os.environ if environ is None else environ
+    if args.command == "signal":
+        endpoint = args.endpoint
+        if args.action == "heartbeat" and endpoint is not None:
+            return _usage("signal heartbeat takes no endpoint")
+        if args.action != "heartbeat" and endpoint is None:
+            return _usage(
+                f"signal {args.action} needs an endpoint, e.g. signal {args.action} generate"
+            )
+        return signal_sidecar(args.action, endpoint, resolve_socket(args.socket, environ), args.pid)
+    if args.command == "status":
+        return show_status(resolve_socket(args.socket, environ), args.json)
+    return run_serve(args, environ)
+
+
+def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     flags = {option.field: getattr(args, option.field, None) for option in OPTIONS}
     try:
         settings = load(environ, flags)
     except SettingsError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # The server's dependencies load only for `serve`: `status` and `signal` stay quick.
+    import uvloop
+
+    from sidecar.logs import configure
+    from sidecar.server import StartupError, serve
+
     configure(settings.log_format, settings.log_level)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -93,3 +154,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except StartupError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+
+
+def _usage(message: str) -> int:
+    print(f"{PROG}: {message} (see {PROG} --help)", file=sys.stderr)
+    return EXIT_USAGE

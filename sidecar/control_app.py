@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -164,7 +164,8 @@ class SessionEndpoint:
         except ApiError as exc:
             await json_response({"error": exc.message}, exc.status_code)(scope, receive, send)
             return
-        life = self.state.open_session(self.clock(), pid)
+        token = self.state.open_session(self.clock(), pid)
+        life = self.state.life.number
         await send(
             {
                 "type": "http.response.start",
@@ -180,7 +181,7 @@ class SessionEndpoint:
             }
         )
         if await self._wait_for_disconnect(receive):
-            self.state.close_session(life, self.clock())
+            self.state.close_session(token, self.clock())
         else:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -203,14 +204,49 @@ class SessionEndpoint:
             stopping.cancel()
 
 
+def worker_view(
+    state: HealthState, now: float, process: Mapping[str, object] | None
+) -> dict[str, object]:
+    """`GET /v1/worker`: the worker's life, for `status` and operators."""
+    life = state.life
+    live, reason = state.live()
+    deadline = state.heartbeat_deadline()
+    return {
+        "life": life.number,
+        "alive": state.alive,
+        "ever_ready": life.ever_ready,
+        "end_reason": life.end_reason or None,
+        "live": live,
+        "reason": reason or None,
+        "status": "notready" if state.draining else state.status.value,
+        "draining": state.draining,
+        "pid": life.pid,
+        "status_text": life.status_text or None,
+        "sessions": len(life.sessions),
+        "life_seconds": round(now - life.began_at, 3),
+        "heartbeat_deadline_seconds": None if deadline is None else round(deadline - now, 3),
+        "endpoints": {
+            name: {
+                "status": record.status.value,
+                "since_seconds": round(now - record.since, 3),
+                "transitions": record.transitions,
+            }
+            for name, record in state.endpoints.items()
+        },
+        "instances": len(state.instances),
+        "process": process,
+    }
+
+
 def build_control_app(
     settings: Settings,
     state: HealthState,
     verdicts: Verdicts,
     stopping: asyncio.Event,
     clock: Callable[[], float] = time.monotonic,
+    process_info: Callable[[], Mapping[str, object] | None] = lambda: None,
 ) -> Starlette:
-    """The worker's API for one state."""
+    """The worker's API for one state; `process_info` is what the process watch sees."""
 
     def endpoint_answer(name: str, status: Status) -> Response:
         try:
@@ -226,9 +262,12 @@ def build_control_app(
             }
         )
 
+    # Each handler reads the body before judging the path: refusing early would close the
+    # connection under a client still sending its body (a broken pipe instead of an answer).
     async def put_endpoint(request: Request) -> Response:
+        body = await read_json(request)
         name = check_name(request.path_params["name"], "endpoint name")
-        body = require_object(await read_json(request), ("status",))
+        body = require_object(body, ("status",))
         if "status" not in body:
             raise ApiError(
                 422, 'missing field "status"; expected {"status": "ready"} or "notready"'
@@ -236,13 +275,13 @@ def build_control_app(
         return endpoint_answer(name, check_status(body["status"]))
 
     async def post_ready(request: Request) -> Response:
-        name = check_name(request.path_params["name"], "endpoint name")
         await read_json(request)
+        name = check_name(request.path_params["name"], "endpoint name")
         return endpoint_answer(name, Status.READY)
 
     async def post_notready(request: Request) -> Response:
-        name = check_name(request.path_params["name"], "endpoint name")
         await read_json(request)
+        name = check_name(request.path_params["name"], "endpoint name")
         return endpoint_answer(name, Status.NOTREADY)
 
     async def post_instance(request: Request) -> Response:
@@ -259,13 +298,13 @@ def build_control_app(
         return json_response(body, 201 if is_new else 200)
 
     async def delete_instance(request: Request) -> Response:
+        await read_json(request)
         text = request.path_params["instance_id"]
         if not re.fullmatch(r"[0-9]{1,20}", text) or int(text) > MAX_INSTANCE_ID:
             raise ApiError(
                 422,
                 f"instance_id {shown(text)} is invalid: {INSTANCE_ID_RULE}",
             )
-        await read_json(request)
         instance_id = int(text)
         if not any(key[3] == instance_id for key in state.instances):
             raise ApiError(404, f"no instance has instance_id {instance_id}")
@@ -283,6 +322,9 @@ def build_control_app(
         else:
             answer = verdicts.health(clock())
         return Response(answer.body, media_type=JSON)
+
+    async def get_worker(request: Request) -> Response:
+        return json_response(worker_view(state, clock(), process_info()))
 
     async def refuse(request: Request, exc: Exception) -> Response:
         if isinstance(exc, ApiError):
@@ -309,6 +351,7 @@ def build_control_app(
         Route("/v1/heartbeat", post_heartbeat, methods=["POST"]),
         Route("/v1/session", SessionEndpoint(state, clock, stopping), methods=["POST"]),
         Route("/v1/status", get_status, methods=["GET"]),
+        Route("/v1/worker", get_worker, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: refuse, ApiError: refuse})
     # A redirect is not an answer a worker's client expects: `/v1/status/` is simply unknown.

@@ -99,7 +99,7 @@ class Life:
     ever_ready: bool = False
     ended_at: float | None = None
     end_reason: str = ""
-    sessions: int = 0
+    sessions: set[int] = field(default_factory=set)
     last_signal: float | None = None
     last_heartbeat: float | None = None
     pid: int | None = None
@@ -148,6 +148,8 @@ class HealthState:
     _status: Status = field(init=False)
     _status_since: float = field(init=False)
     _subscribers: list[Subscriber] = field(default_factory=list, init=False, repr=False)
+    _open_sessions: set[int] = field(default_factory=set, init=False, repr=False)
+    _last_session: int = field(default=0, init=False, repr=False)
     _change_listeners: list[Callable[[], None]] = field(
         default_factory=list, init=False, repr=False
     )
@@ -338,17 +340,20 @@ class HealthState:
         self.end_life(f"its process {pid} exited", now)
 
     def open_session(self, now: float, pid: int | None = None) -> int:
-        """The worker holds a connection open; returns the life it belongs to."""
+        """The worker holds a connection open; returns the session's token."""
         self._signal(now, pid)
-        self.life.sessions += 1
-        return self.life.number
+        self._last_session += 1
+        self._open_sessions.add(self._last_session)
+        self.life.sessions.add(self._last_session)
+        return self._last_session
 
-    def close_session(self, life_number: int, now: float) -> None:
+    def close_session(self, token: int, now: float) -> None:
         """A held connection closed: the last one of the current life ends that life."""
-        if life_number != self.life.number or not self.alive:
+        self._open_sessions.discard(token)
+        if token not in self.life.sessions or not self.alive:
             return
-        self.life.sessions -= 1
-        if self.life.sessions == 0:
+        self.life.sessions.discard(token)
+        if not self.life.sessions:
             self.end_life("its session connection closed", now)
 
     # -- writing: faults and shutdown ------------------------------------------------------
@@ -399,7 +404,11 @@ class HealthState:
 
     def _begin_life(self, now: float) -> None:
         previous = self.life
-        self.life = Life(number=previous.number + 1, began_at=now)
+        # A session still open belongs to a worker that is still there: it watches the new
+        # life too (a worker that was silent past its heartbeat deadline, then spoke again).
+        self.life = Life(
+            number=previous.number + 1, began_at=now, sessions=set(self._open_sessions)
+        )
         self.endpoints.clear()
         self._seed_required(now)
         self._touch()

@@ -90,16 +90,18 @@ def bind_control_socket(path: Path) -> socket.socket:
         raise StartupError(f"cannot create the socket's directory {path.parent}: {exc}") from None
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The umask makes the file 0660 from its first moment, and listen() follows bind() at
+    # once: a worker that connects as soon as the file appears is queued, not refused.
     old_umask = os.umask(0o117)
     try:
         sock.bind(str(path))
+        sock.listen(128)
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot create the worker's socket {path}: {exc}") from None
     finally:
         os.umask(old_umask)
     os.chmod(path, SOCKET_MODE)
-    sock.listen(128)
     sock.setblocking(False)
     return sock
 

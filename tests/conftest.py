@@ -77,13 +77,16 @@ def wait_until(check: Callable[[], bool], timeout: float = 5.0, interval: float 
 
 
 def _serving(port: int, socket_path: Path) -> bool:
-    if not socket_path.exists():
-        return False
+    """Both sockets accept a connection (a file that exists is not yet a listener)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
+            pass
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+            unix.settimeout(0.2)
+            unix.connect(str(socket_path))
     except OSError:
         return False
+    return True
 
 
 def start_sidecar(

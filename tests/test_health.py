@@ -457,3 +457,12 @@ def test_health_restore_gives_a_heartbeating_worker_a_full_timeout() -> None:
     new = HealthState(required=(), starting=NOTREADY, started_at=500.0, heartbeat_timeout=5.0)
     new.restore(old.save(), 500.0)
     assert new.heartbeat_deadline() == 505.0
+
+
+def test_health_session_still_open_watches_the_next_life() -> None:
+    state, _ = make_state()
+    token = state.open_session(101.0)
+    state.end_life("no heartbeat for 5s", 102.0)
+    state.heartbeat(103.0)
+    state.close_session(token, 104.0)
+    assert state.live() == (False, "worker life 2 ended: its session connection closed")

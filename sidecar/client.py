@@ -1,0 +1,951 @@
+"""The worker's side of the health sidecar's Unix socket, in the Python standard library alone.
+
+A worker tells the sidecar what it serves; the sidecar answers the kubelet's probes. This file
+imports nothing outside the standard library, so a worker may vendor it as it is::
+
+    from sidecar.client import Retry, SidecarClient
+
+    client = SidecarClient(retry=Retry.patient())  # the sidecar may start after the worker
+    with client.open_session():  # the sidecar sees this worker die, even on SIGKILL
+        load_model()
+        client.ready("generate")  # the health path answers 200 from now on
+        with client.start_heartbeats(interval=5.0):  # a hung worker fails the live path
+            serve_forever()
+        client.notready("generate")
+
+`AsyncSidecarClient` has the same methods as coroutines. The socket is the `socket_path`
+argument, else `DYN_SIDECAR_SOCKET`, else `/var/run/dynamo/health.sock`. Every failure is a
+`SidecarError`: `SidecarUnavailable` when nothing answers on the socket (the only kind that
+`Retry` retries) and `SidecarRejected` when the sidecar refuses a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
+
+__all__ = [
+    "DEFAULT_SOCKET",
+    "DEFAULT_TIMEOUT",
+    "SOCKET_ENV",
+    "AsyncHeartbeats",
+    "AsyncSession",
+    "AsyncSidecarClient",
+    "Heartbeats",
+    "Retry",
+    "Session",
+    "SidecarClient",
+    "SidecarError",
+    "SidecarProtocolError",
+    "SidecarRejected",
+    "SidecarUnavailable",
+    "UnixHTTPConnection",
+    "resolve_socket",
+]
+
+DEFAULT_SOCKET = "/var/run/dynamo/health.sock"
+SOCKET_ENV = "DYN_SIDECAR_SOCKET"
+DEFAULT_TIMEOUT = 2.0
+# A reopened session should follow a restarted sidecar quickly: the worker is unwatched until then.
+RECONNECT_BACKOFF = 0.05
+RECONNECT_MAX_BACKOFF = 0.5
+
+# Before Python 3.10 (socket) and 3.11 (asyncio) these are not the builtin TimeoutError.
+TIMEOUTS: tuple[type[Exception], ...] = (TimeoutError, socket.timeout, asyncio.TimeoutError)
+STREAM_FAILURES: tuple[type[Exception], ...] = (OSError, *TIMEOUTS)
+# The first line of a session is about 30 bytes; anything longer is not the sidecar.
+MAX_SESSION_LINE = 4096
+
+EndpointStatus = Literal["ready", "notready"]
+JSONObject = dict[str, Any]
+Answer = tuple[int, bytes]
+T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_socket(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> str:
+    """The socket to use: `path`, else `DYN_SIDECAR_SOCKET`, else the default path.
+
+    An empty value counts as unset, as everywhere in Dynamo and the sidecar, so a chart that
+    renders an empty variable does not point the worker at the current directory.
+    """
+    if path is not None and os.fspath(path):
+        return os.fspath(path)
+    configured = (os.environ if environ is None else environ).get(SOCKET_ENV, "")
+    return configured or DEFAULT_SOCKET
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class SidecarError(Exception):
+    """Anything that went wrong talking to the sidecar: catch this to catch them all."""
+
+
+class SidecarUnavailable(SidecarError):
+    """Nothing answered on the socket: it is missing, refuses, hangs or hung up.
+
+    A worker that starts before its sidecar sees this; it is the only error `Retry` retries.
+    """
+
+    def __init__(self, socket_path: str, error: BaseException, timeout: float | None = None):
+        self.socket_path = socket_path
+        self.error = error
+        if isinstance(error, TIMEOUTS) and timeout is not None:
+            message = f"no answer from the sidecar at {socket_path} within {timeout:g}s"
+        else:
+            message = f"no sidecar at {socket_path}: {error}"
+        super().__init__(message)
+
+
+class SidecarRejected(SidecarError):
+    """The sidecar answered 4xx or 5xx: the request is wrong, and retrying will not help.
+
+    `status` is the HTTP status code and `message` the sidecar's `error` line, which says what
+    is wrong and what is allowed.
+    """
+
+    def __init__(self, status: int, message: str, request: str = "") -> None:
+        self.status = status
+        self.message = message
+        self.request = request
+        where = f" {request}" if request else ""
+        super().__init__(f"the sidecar refused{where} with {status}: {message}")
+
+
+class SidecarProtocolError(SidecarError):
+    """Something answered on the socket, but not the sidecar's HTTP/1.1 and JSON."""
+
+
+def rejection(status: int, body: bytes, request: str) -> SidecarRejected:
+    """The error for a 4xx/5xx answer, with the sidecar's own words when it gave them."""
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
+        message = decoded["error"]
+    else:
+        message = body.decode("utf-8", "replace").strip() or "(no message)"
+    return SidecarRejected(status, message, request)
+
+
+def decode_answer(status: int, body: bytes, request: str) -> JSONObject:
+    """The JSON object of a 2xx answer; raise the matching error for anything else."""
+    if status >= 400:
+        raise rejection(status, body, request)
+    try:
+        decoded = json.loads(body)
+    except ValueError as exc:
+        raise SidecarProtocolError(f"the answer to {request} is not JSON: {exc}") from None
+    if not isinstance(decoded, dict):
+        raise SidecarProtocolError(f"the answer to {request} is not a JSON object: {decoded!r}")
+    return decoded
+
+
+# -- retries ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How often to try again when the sidecar is unavailable; the worker chooses.
+
+    Only `SidecarUnavailable` is retried, never a refusal: a 4xx will not change. The wait
+    before retry `n` (1-based) is uniform in `[0, min(max_backoff, backoff * 2**(n-1))]`
+    ("full jitter"), so many workers restarting together do not hit the sidecar in step.
+    The default makes one attempt.
+    """
+
+    attempts: int = 1
+    backoff: float = 0.1
+    max_backoff: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {self.attempts}")
+        if self.backoff < 0 or self.max_backoff < 0:
+            raise ValueError("backoff and max_backoff must not be negative")
+
+    @classmethod
+    def patient(cls) -> Retry:
+        """For a worker that may start before its sidecar: 30 attempts over ~25 s (51 s at most)."""
+        return cls(attempts=30, backoff=0.1, max_backoff=2.0)
+
+    def delay(self, retry: int, rng: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number `retry` (1 for the first retry)."""
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(max(retry - 1, 0), 62))
+        return ceiling * rng()
+
+    def call(self, operation: Callable[[], T], sleep: Callable[[float], None] = time.sleep) -> T:
+        """Run `operation`, retrying it while the sidecar is unavailable."""
+        for attempt in range(1, self.attempts):
+            try:
+                return operation()
+            except SidecarUnavailable as exc:
+                sleep(self._note_failure(attempt, exc))
+        return operation()
+
+    async def acall(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """`call` for coroutines: sleeps with `asyncio.sleep`."""
+        for attempt in range(1, self.attempts):
+            try:
+                return await operation()
+            except SidecarUnavailable as exc:
+                await asyncio.sleep(self._note_failure(attempt, exc))
+        return await operation()
+
+    def _note_failure(self, attempt: int, exc: SidecarUnavailable) -> float:
+        wait = self.delay(attempt)
+        logger.debug("attempt %d of %d: %s; retrying in %.3fs", attempt, self.attempts, exc, wait)
+        return wait
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def request_body(fields: Mapping[str, Any] | None) -> bytes | None:
+    """Compact JSON for a request, or no body at all."""
+    if fields is None:
+        return None
+    return json.dumps(fields, separators=(",", ":")).encode()
+
+
+def pid_body(pid: int | None) -> bytes | None:
+    """The optional `{"pid": N}` of a heartbeat or a session."""
+    return None if pid is None else request_body({"pid": pid})
+
+
+def endpoint_path(name: str) -> str:
+    """Quoted, so that any name reaches the sidecar, which alone decides whether it is valid."""
+    return f"/v1/endpoints/{quote(name, safe='')}"
+
+
+def instance_body(
+    namespace: str,
+    component: str,
+    endpoint: str,
+    instance_id: int,
+    transport: Mapping[str, Any],
+    model: bool | None,
+) -> bytes | None:
+    """The body of `POST /v1/instances`; `model` is left out unless given."""
+    fields: JSONObject = {
+        "namespace": namespace,
+        "component": component,
+        "endpoint": endpoint,
+        "instance_id": instance_id,
+        "transport": dict(transport),
+    }
+    if model is not None:
+        fields["model"] = model
+    return request_body(fields)
+
+
+def request_headers(body: bytes | None, keep_alive: bool = False) -> dict[str, str]:
+    headers = {"Host": "sidecar", "Accept": "application/json"}
+    if not keep_alive:
+        headers["Connection"] = "close"
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        headers["Content-Length"] = str(len(body))
+    return headers
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """`http.client` over the sidecar's Unix socket instead of TCP."""
+
+    def __init__(self, socket_path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        super().__init__("sidecar", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def send_request(
+    connection: UnixHTTPConnection,
+    method: str,
+    path: str,
+    body: bytes | None,
+    keep_alive: bool = False,
+) -> http.client.HTTPResponse:
+    """Send a request and return its answer, even one that came before the body was read.
+
+    The sidecar may refuse a request from its path alone (a bad endpoint name, say), answer,
+    and hang up before the body arrives; sending the body then fails, but the answer is
+    already here to be read, as curl and httpx read it.
+    """
+    headers = request_headers(body, keep_alive)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+    except (BrokenPipeError, ConnectionResetError):
+        if connection.sock is None:
+            raise
+    return connection.getresponse()
+
+
+def send_once(
+    socket_path: str, timeout: float, method: str, path: str, body: bytes | None
+) -> Answer:
+    """One request on a new connection: the status code and the whole body.
+
+    `timeout` bounds each socket operation (connect, send, each read).
+    """
+    connection = UnixHTTPConnection(socket_path, timeout)
+    try:
+        response = send_request(connection, method, path, body)
+        return response.status, response.read()
+    except OSError as exc:
+        raise SidecarUnavailable(socket_path, exc, timeout) from exc
+    except http.client.HTTPException as exc:
+        raise SidecarProtocolError(
+            f"the answer from {socket_path} to {method} {path} is not HTTP/1.1: {exc!r}"
+        ) from exc
+    finally:
+        connection.close()
+
+
+# -- the sync client --------------------------------------------------------------------------
+
+
+class SidecarClient:
+    """Tell the sidecar what this worker serves; one short connection per call.
+
+    A new connection per call needs no reconnect logic: a sidecar that restarted between two
+    calls is simply there again. Every method returns the sidecar's decoded JSON answer.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: Retry = Retry(),  # frozen, so one default shared by all is safe
+    ) -> None:
+        self.socket_path = resolve_socket(socket_path)
+        self.timeout = timeout
+        self.retry = retry
+
+    def __repr__(self) -> str:
+        return f"SidecarClient({self.socket_path!r}, timeout={self.timeout!r}, retry={self.retry})"
+
+    def set_endpoint(self, name: str, status: EndpointStatus) -> JSONObject:
+        """`PUT /v1/endpoints/{name}`: the worker serves (`ready`) or stops serving it."""
+        return self._call("PUT", endpoint_path(name), request_body({"status": status}))
+
+    def ready(self, name: str) -> JSONObject:
+        """The worker serves `name`: with every required endpoint ready, the probes pass."""
+        return self.set_endpoint(name, "ready")
+
+    def notready(self, name: str) -> JSONObject:
+        """The worker stops serving `name` (readiness fails, liveness does not)."""
+        return self.set_endpoint(name, "notready")
+
+    def register_instance(
+        self,
+        namespace: str,
+        component: str,
+        endpoint: str,
+        instance_id: int,
+        transport: Mapping[str, Any],
+        model: bool | None = None,
+    ) -> JSONObject:
+        """`POST /v1/instances`: an instance a frontend-mode sidecar lists on its health path.
+
+        `instance_id` is sent as an exact JSON integer (up to 2**64-1), never as a float.
+        """
+        body = instance_body(namespace, component, endpoint, instance_id, transport, model)
+        return self._call("POST", "/v1/instances", body)
+
+    def remove_instances(self, instance_id: int) -> JSONObject:
+        """`DELETE /v1/instances/{id}`: every instance with that id; 404 when there is none."""
+        return self._call("DELETE", f"/v1/instances/{quote(str(instance_id), safe='')}")
+
+    def heartbeat(self, pid: int | None = None) -> JSONObject:
+        """`POST /v1/heartbeat`: the worker is alive (and, with a pid, which process it is)."""
+        return self._call("POST", "/v1/heartbeat", pid_body(pid))
+
+    def status(self) -> JSONObject:
+        """`GET /v1/status`: what the health path shows, always with 200."""
+        return self._call("GET", "/v1/status")
+
+    def worker(self) -> JSONObject:
+        """`GET /v1/worker`: the worker's life as the sidecar sees it (live, pid, process)."""
+        return self._call("GET", "/v1/worker")
+
+    def start_heartbeats(self, interval: float, pid: int | None = None) -> Heartbeats:
+        """Send a heartbeat every `interval` seconds from a daemon thread until `.stop()`.
+
+        Each heartbeat is one attempt: the next one is the retry, so a slow sidecar never
+        delays the beat after it.
+        """
+        once = SidecarClient(self.socket_path, self.timeout, Retry())
+        return Heartbeats(lambda: once.heartbeat(pid), interval).start()
+
+    def open_session(self, pid: int | None = None, reconnect: bool = False) -> Session:
+        """Hold `POST /v1/session` open: when this process dies, the sidecar ends its life.
+
+        With `reconnect`, a daemon thread opens the session again whenever the sidecar
+        restarts (the held answer ends), so the new sidecar watches this worker too.
+        """
+        session = Session(self.socket_path, self.timeout, pid)
+        self.retry.call(session.connect)
+        if reconnect:
+            session.follow_restarts()
+        return session
+
+    def _call(self, method: str, path: str, body: bytes | None = None) -> JSONObject:
+        request = f"{method} {path}"
+
+        def attempt() -> JSONObject:
+            status, data = send_once(self.socket_path, self.timeout, method, path, body)
+            return decode_answer(status, data, request)
+
+        return self.retry.call(attempt)
+
+
+# -- heartbeats -------------------------------------------------------------------------------
+
+
+class HeartbeatStats:
+    """What a heartbeat loop has done, for the worker's logs and metrics."""
+
+    def __init__(self, interval: float) -> None:
+        if not interval > 0:
+            raise ValueError(f"the heartbeat interval must be positive, not {interval!r}")
+        self.interval = interval
+        self.sent = 0
+        self.failures = 0
+        self.last_error: Exception | None = None
+
+    def _succeeded(self) -> None:
+        self.sent += 1
+
+    def _failed(self, exc: Exception) -> None:
+        # Debug only: a sidecar that restarts makes a few beats fail, and that is fine.
+        self.failures += 1
+        self.last_error = exc
+        logger.debug("heartbeat failed (%d so far): %s", self.failures, exc, exc_info=exc)
+
+
+class Heartbeats(HeartbeatStats):
+    """A daemon thread that sends heartbeats on a fixed schedule until stopped.
+
+    A failure is counted and logged, never raised: the loop keeps going, because a worker
+    whose heartbeats stopped for good would be restarted as hung.
+    """
+
+    def __init__(self, send: Callable[[], object], interval: float) -> None:
+        super().__init__(interval)
+        self._send = send
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sidecar-heartbeats", daemon=True)
+
+    def start(self) -> Heartbeats:
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop sending; waits for a heartbeat in flight (at most the client's timeout)."""
+        self._stopping.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Heartbeats:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        # Scheduled from a fixed start, so a slow beat does not push every later one back.
+        next_beat = time.monotonic()
+        while not self._stopping.is_set():
+            self._beat()
+            next_beat = max(next_beat + self.interval, time.monotonic())
+            self._stopping.wait(next_beat - time.monotonic())
+
+    def _beat(self) -> None:
+        try:
+            self._send()
+        except Exception as exc:
+            self._failed(exc)
+        else:
+            self._succeeded()
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+def parse_session_line(line: bytes, socket_path: str) -> int:
+    """The life number from the session's first line `{"life":N,"session":"open"}`."""
+    try:
+        decoded = json.loads(line)
+    except ValueError:
+        decoded = None
+    life = decoded.get("life") if isinstance(decoded, dict) else None
+    if not isinstance(life, int) or isinstance(life, bool) or decoded.get("session") != "open":
+        raise SidecarProtocolError(
+            f"the sidecar at {socket_path} opened no session; its first line was {line!r}"
+        )
+    return life
+
+
+class Session:
+    """The held `POST /v1/session`: its socket closing is this worker's death notice.
+
+    The kernel closes the socket when the process ends, even on SIGKILL, so the sidecar
+    learns of the death at once without sharing the process namespace. Only the first line
+    of the answer is read; the rest of it never comes while the sidecar runs.
+    """
+
+    def __init__(self, socket_path: str, timeout: float, pid: int | None = None) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.pid = pid
+        self.life: int | None = None
+        self.reconnects = 0
+        self.last_error: Exception | None = None
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._connection: UnixHTTPConnection | None = None
+        self._response: http.client.HTTPResponse | None = None
+        self._socket: socket.socket | None = None
+        self._follower: threading.Thread | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closing.is_set()
+
+    def connect(self) -> int:
+        """Open the session and return its life number; replaces a connection already held."""
+        connection = UnixHTTPConnection(self.socket_path, self.timeout)
+        try:
+            life, response = self._open(connection)
+        except BaseException:
+            connection.close()
+            raise
+        with self._lock:
+            if self._closing.is_set():
+                _hang_up(connection.sock)
+                connection.close()
+                raise SidecarError("the session was closed while it was being opened")
+            self._drop_locked()
+            self._connection, self._response = connection, response
+            self._socket, self.life = connection.sock, life
+        return life
+
+    def _open(self, connection: UnixHTTPConnection) -> tuple[int, http.client.HTTPResponse]:
+        body = pid_body(self.pid)
+        request = "POST /v1/session"
+        try:
+            response = send_request(connection, "POST", "/v1/session", body, keep_alive=True)
+            if response.status != 200:
+                raise rejection(response.status, response.read(), request)
+            line = response.readline(MAX_SESSION_LINE)
+            life = parse_session_line(line, self.socket_path)
+        except OSError as exc:
+            raise SidecarUnavailable(self.socket_path, exc, self.timeout) from exc
+        except http.client.HTTPException as exc:
+            raise SidecarProtocolError(f"{request} to {self.socket_path}: {exc!r}") from exc
+        # Held from now on: no timeout, a read only ends when the sidecar or the kernel does.
+        assert connection.sock is not None
+        connection.sock.settimeout(None)
+        return life, response
+
+    def follow_restarts(self) -> None:
+        """Reopen the session from a daemon thread each time the sidecar ends it."""
+        if self._follower is None:
+            self._follower = threading.Thread(
+                target=self._follow, name="sidecar-session", daemon=True
+            )
+            self._follower.start()
+
+    def close(self) -> None:
+        """End the session: the sidecar ends this worker's life, as if it had died."""
+        with self._lock:
+            self._closing.set()
+            self._drop_locked()
+        if self._follower is not None and self._follower is not threading.current_thread():
+            self._follower.join(self.timeout + 1.0)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _drop_locked(self) -> None:
+        # shutdown() first: it wakes the follower blocked reading, and the sidecar sees EOF.
+        _hang_up(self._socket)
+        if self._response is not None:
+            self._response.close()
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = self._response = self._socket = None
+
+    def _follow(self) -> None:
+        while not self._closing.is_set():
+            self._wait_for_end()
+            if self._closing.is_set():
+                return
+            logger.debug("the sidecar at %s ended the session; reopening it", self.socket_path)
+            if self._reopen():
+                self.reconnects += 1
+
+    def _wait_for_end(self) -> None:
+        """Block until the held answer ends: the sidecar stopped, or the socket was closed."""
+        response = self._response
+        try:
+            while response is not None and response.read1(4096):
+                pass
+        except Exception:  # a reset, or close() racing this read: the answer ended either way
+            pass
+
+    def _reopen(self) -> bool:
+        """Try until the sidecar is back (or the session is closed); True when reopened."""
+        shape = Retry(backoff=RECONNECT_BACKOFF, max_backoff=RECONNECT_MAX_BACKOFF)
+        retry = 0
+        while not self._closing.is_set():
+            try:
+                self.connect()
+                return True
+            except Exception as exc:  # keep trying whatever went wrong: this thread is the watch
+                self.last_error = exc
+                retry += 1
+                logger.debug("reopening the session failed: %s", exc)
+                self._closing.wait(shape.delay(retry))
+        return False
+
+
+def _hang_up(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # already closed by the other side
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+# -- the async client -------------------------------------------------------------------------
+
+
+async def read_headers(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """The status code and the headers (names lowercased) of an HTTP/1.1 answer."""
+    status_line = await reader.readuntil(b"\r\n")
+    parts = status_line.decode("latin-1").split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise SidecarProtocolError(f"not an HTTP/1.1 status line: {status_line!r}")
+    headers: dict[str, str] = {}
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        if line == b"\r\n":
+            return int(parts[1]), headers
+        name, colon, value = line.decode("latin-1").partition(":")
+        if not colon:
+            raise SidecarProtocolError(f"not an HTTP header line: {line!r}")
+        headers[name.strip().lower()] = value.strip()
+
+
+async def read_chunk(reader: asyncio.StreamReader) -> bytes:
+    """One chunk of a chunked body; empty for the last one."""
+    size_line = await reader.readuntil(b"\r\n")
+    try:
+        size = int(size_line.split(b";", 1)[0].strip(), 16)
+    except ValueError:
+        raise SidecarProtocolError(f"not a chunk size: {size_line!r}") from None
+    if size == 0:
+        return b""
+    data = await reader.readexactly(size)
+    if await reader.readexactly(2) != b"\r\n":
+        raise SidecarProtocolError("a chunk does not end with CRLF")
+    return data
+
+
+async def read_body(reader: asyncio.StreamReader, headers: Mapping[str, str]) -> bytes:
+    """The whole body: chunked, by Content-Length, or up to the end of the connection."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = bytearray()
+        while chunk := await read_chunk(reader):
+            body += chunk
+        return bytes(body)
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise SidecarProtocolError(f"not a Content-Length: {length!r}")
+        return await reader.readexactly(int(length))
+    return await reader.read()
+
+
+def encode_request(method: str, path: str, body: bytes | None, keep_alive: bool = False) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in request_headers(body, keep_alive).items()
+    )
+    return (head + "\r\n").encode("latin-1") + (body or b"")
+
+
+async def within(socket_path: str, timeout: float, operation: Awaitable[T]) -> T:
+    """Await `operation` for at most `timeout` seconds, with stream failures as client errors."""
+    try:
+        return await asyncio.wait_for(operation, timeout)
+    except STREAM_FAILURES as exc:
+        raise SidecarUnavailable(socket_path, exc, timeout) from exc
+    except asyncio.IncompleteReadError as exc:
+        hung_up = ConnectionResetError("the sidecar hung up before its answer ended")
+        raise SidecarUnavailable(socket_path, hung_up, timeout) from exc
+    except asyncio.LimitOverrunError as exc:
+        raise SidecarProtocolError(f"a line from {socket_path} is too long") from exc
+
+
+async def send_async_request(writer: asyncio.StreamWriter, request: bytes) -> None:
+    """Write a request; a hang-up while writing leaves an early answer to read (see above)."""
+    writer.write(request)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        await writer.drain()
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):  # the other side went first
+        await writer.wait_closed()
+
+
+async def async_send_once(
+    socket_path: str, timeout: float, method: str, path: str, body: bytes | None
+) -> Answer:
+    """One request on a new connection, all of it (connect to last byte) within `timeout`."""
+
+    async def exchange() -> Answer:
+        reader, writer = await asyncio.open_unix_connection(socket_path)
+        try:
+            await send_async_request(writer, encode_request(method, path, body))
+            status, headers = await read_headers(reader)
+            return status, await read_body(reader, headers)
+        finally:
+            await close_writer(writer)
+
+    return await within(socket_path, timeout, exchange())
+
+
+class AsyncSidecarClient:
+    """`SidecarClient` for asyncio: the same methods, as coroutines, and the same errors.
+
+    Each call opens its own connection and finishes within `timeout` seconds in all.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: Retry = Retry(),  # frozen, so one default shared by all is safe
+    ) -> None:
+        self.socket_path = resolve_socket(socket_path)
+        self.timeout = timeout
+        self.retry = retry
+
+    def __repr__(self) -> str:
+        return (
+            f"AsyncSidecarClient({self.socket_path!r}, timeout={self.timeout!r}, "
+            f"retry={self.retry})"
+        )
+
+    async def set_endpoint(self, name: str, status: EndpointStatus) -> JSONObject:
+        """`PUT /v1/endpoints/{name}`: the worker serves (`ready`) or stops serving it."""
+        return await self._call("PUT", endpoint_path(name), request_body({"status": status}))
+
+    async def ready(self, name: str) -> JSONObject:
+        """The worker serves `name`."""
+        return await self.set_endpoint(name, "ready")
+
+    async def notready(self, name: str) -> JSONObject:
+        """The worker stops serving `name`."""
+        return await self.set_endpoint(name, "notready")
+
+    async def register_instance(
+        self,
+        namespace: str,
+        component: str,
+        endpoint: str,
+        instance_id: int,
+        transport: Mapping[str, Any],
+        model: bool | None = None,
+    ) -> JSONObject:
+        """`POST /v1/instances`, with `instance_id` sent exactly."""
+        body = instance_body(namespace, component, endpoint, instance_id, transport, model)
+        return await self._call("POST", "/v1/instances", body)
+
+    async def remove_instances(self, instance_id: int) -> JSONObject:
+        """`DELETE /v1/instances/{id}`; 404 when there is none."""
+        return await self._call("DELETE", f"/v1/instances/{quote(str(instance_id), safe='')}")
+
+    async def heartbeat(self, pid: int | None = None) -> JSONObject:
+        """`POST /v1/heartbeat`: the worker is alive."""
+        return await self._call("POST", "/v1/heartbeat", pid_body(pid))
+
+    async def status(self) -> JSONObject:
+        """`GET /v1/status`: what the health path shows."""
+        return await self._call("GET", "/v1/status")
+
+    async def worker(self) -> JSONObject:
+        """`GET /v1/worker`: the worker's life as the sidecar sees it (live, pid, process)."""
+        return await self._call("GET", "/v1/worker")
+
+    def start_heartbeats(self, interval: float, pid: int | None = None) -> AsyncHeartbeats:
+        """Send a heartbeat every `interval` seconds from a task of the running loop.
+
+        The task runs only while the loop does: a worker whose loop is blocked stops beating,
+        which is the hang the heartbeat timeout exists to catch. (The thread of
+        `SidecarClient.start_heartbeats` works from async code too, but keeps beating
+        through a blocked loop.)
+        """
+        once = AsyncSidecarClient(self.socket_path, self.timeout, Retry())
+        return AsyncHeartbeats(lambda: once.heartbeat(pid), interval)
+
+    async def open_session(self, pid: int | None = None) -> AsyncSession:
+        """Hold `POST /v1/session` open; see `SidecarClient.open_session`.
+
+        No reconnect here: for that, use the sync client's session, whose thread needs no loop.
+        """
+        session = AsyncSession(self.socket_path, self.timeout, pid)
+        await self.retry.acall(session.connect)
+        return session
+
+    async def _call(self, method: str, path: str, body: bytes | None = None) -> JSONObject:
+        request = f"{method} {path}"
+
+        async def attempt() -> JSONObject:
+            status, data = await async_send_once(self.socket_path, self.timeout, method, path, body)
+            return decode_answer(status, data, request)
+
+        return await self.retry.acall(attempt)
+
+
+class AsyncHeartbeats(HeartbeatStats):
+    """A task that sends heartbeats until `await stop()`; failures are counted, not raised."""
+
+    def __init__(self, send: Callable[[], Awaitable[object]], interval: float) -> None:
+        super().__init__(interval)
+        self._send = send
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def running(self) -> bool:
+        return not self._task.done()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        # wait() rather than await: the task's own cancellation is expected, the caller's is not.
+        await asyncio.wait([self._task])
+
+    async def __aenter__(self) -> AsyncHeartbeats:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time()
+        while True:
+            try:
+                await self._send()
+            except Exception as exc:
+                self._failed(exc)
+            else:
+                self._succeeded()
+            next_beat = max(next_beat + self.interval, loop.time())
+            await asyncio.sleep(next_beat - loop.time())
+
+
+class AsyncSession:
+    """The held `POST /v1/session` on asyncio streams; `await close()` ends the life."""
+
+    def __init__(self, socket_path: str, timeout: float, pid: int | None = None) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.pid = pid
+        self.life: int | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._writer is None
+
+    async def connect(self) -> int:
+        """Open the session and return its life number; replaces a connection already held."""
+        opening = asyncio.open_unix_connection(self.socket_path)
+        reader, writer = await within(self.socket_path, self.timeout, opening)
+        try:
+            life = await within(self.socket_path, self.timeout, self._open(reader, writer))
+        except BaseException:
+            await close_writer(writer)
+            raise
+        await self.close()
+        self._writer, self.life = writer, life
+        return life
+
+    async def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        request = encode_request("POST", "/v1/session", pid_body(self.pid), keep_alive=True)
+        await send_async_request(writer, request)
+        status, headers = await read_headers(reader)
+        if status != 200:
+            raise rejection(status, await read_body(reader, headers), "POST /v1/session")
+        if "chunked" not in headers.get("transfer-encoding", "").lower():
+            raise SidecarProtocolError("the session's answer is not chunked")
+        return parse_session_line(await read_chunk(reader), self.socket_path)
+
+    async def close(self) -> None:
+        """End the session: the sidecar ends this worker's life."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await close_writer(writer)
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
