@@ -55,6 +55,16 @@ example:
   kubectl exec POD -c health-sidecar -- dynamo-health-sidecar status"""
 
 
+DEMO_DESCRIPTION = """\
+Start a sidecar, a simulated worker (loads for a few seconds, serves generate, sends
+heartbeats) and a small kubelet that probes /live and /health, and print what happens:
+the sidecar's transitions, the worker's steps and the kubelet's verdicts.
+
+keys: h = make the worker hang (alive but silent: its heartbeat deadline ends its life),
+      c = crash it (SIGKILL: its session closes), q = quit.
+The kubelet restarts the worker after three live failures, and the next life begins."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Usage mistakes end in one line on stderr and exit code 2, like invalid settings."""
 
@@ -114,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status_parser.add_argument("--json", action="store_true", help="print JSON, not a table")
     status_parser.add_argument("--socket", metavar="PATH", help=socket_help)
+    demo_parser = commands.add_parser(
+        "demo",
+        help="try it: a sidecar, a simulated worker and a small kubelet, with keys to break it",
+        description=DEMO_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    demo_parser.add_argument("--port", type=int, default=9090, help="probe port (default 9090)")
+    demo_parser.add_argument("--socket", metavar="PATH", help="worker socket (default: a temp dir)")
+    demo_parser.add_argument(
+        "--load-seconds", type=float, default=5.0, metavar="S", help="model load time (default 5)"
+    )
+    demo_parser.add_argument("--hang-after", type=float, metavar="S", help="hang the worker at S")
+    demo_parser.add_argument("--crash-after", type=float, metavar="S", help="crash the worker at S")
+    demo_parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     return parser
 
 
@@ -131,6 +156,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return signal_sidecar(args.action, endpoint, resolve_socket(args.socket, environ), args.pid)
     if args.command == "status":
         return show_status(resolve_socket(args.socket, environ), args.json)
+    if args.command == "demo":
+        from sidecar.demo import run_demo
+
+        return run_demo(args)
     return run_serve(args, environ)
 
 
