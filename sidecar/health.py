@@ -103,6 +103,7 @@ class Life:
     last_signal: float | None = None
     last_heartbeat: float | None = None
     pid: int | None = None
+    watched_pid: int | None = None
     # What sd_notify's READY=1 or STOPPING=1 last said; it decides when nothing else does.
     declared: Status | None = None
     status_text: str = ""
@@ -330,10 +331,15 @@ class HealthState:
         self._touch()
 
     def process_started(self, pid: int, now: float) -> None:
-        """The process watch found the worker's process: a new one begins a new life."""
-        if self.alive and self.life.pid not in (None, pid):
-            self.end_life(f"its process {self.life.pid} was replaced by {pid}", now)
+        """The process watch found the worker's process: a new one begins a new life.
+
+        Only the watch's own pid is compared: the pid a worker reports may be a child's.
+        """
+        watched = self.life.watched_pid
+        if self.alive and watched not in (None, pid):
+            self.end_life(f"its process {watched} was replaced by {pid}", now)
         self._signal(now, pid)
+        self.life.watched_pid = pid
 
     def process_exited(self, pid: int, now: float) -> None:
         """The watched process is gone: its life ends at once."""

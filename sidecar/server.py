@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -30,6 +31,7 @@ from sidecar.probe_app import build_probe_app, probe_paths
 from sidecar.settings import Kube, Settings
 from sidecar.statefile import StateFileWriter
 from sidecar.verdict import Verdicts
+from sidecar.watch import ProcessWatch, identify
 
 logger = logging.getLogger("dynamo_health_sidecar")
 
@@ -125,15 +127,70 @@ def _remove_stale_socket(path: Path) -> None:
     raise StartupError(f"{path} is in use by another running process; is a sidecar already there?")
 
 
-def restore(state: HealthState, path: Path, now: float) -> None:
-    """Continue the worker's life from the state file, or start fresh when it can't be trusted."""
+def restore(state: HealthState, path: Path, now: float, pids_visible: bool) -> None:
+    """Continue the worker's life from the state file, or start fresh when it can't be trusted.
+
+    With the process watch on, the pod shares its process namespace, so the saved pid can be
+    checked: a saved live life whose process is gone is another worker life's file.
+    """
     try:
         saved = statefile.read(path)
     except statefile.CorruptStateFile as exc:
         logger.warning("ignoring the state file %s: %s; starting fresh", path, exc)
         return
-    if saved is not None:
-        state.restore(saved, now)
+    if saved is None:
+        return
+    if pids_visible and saved.alive and saved.pid is not None and identify(saved.pid) is None:
+        logger.warning(
+            "ignoring the state file %s: it is from another worker life (process %d is gone); "
+            "starting fresh",
+            path,
+            saved.pid,
+        )
+        return
+    state.restore(saved, now)
+
+
+def start_watchers(
+    settings: Settings,
+    state: HealthState,
+    watch: ProcessWatch | None,
+    stopping: asyncio.Event,
+    clock: Callable[[], float],
+) -> list[asyncio.Task[None]]:
+    """The loops beside the servers; each returns once `stopping` is set."""
+    loops = []
+    if watch is not None:
+        loops.append(watch.run(stopping))
+    if settings.heartbeat_timeout is not None:
+        loops.append(HeartbeatWatch(state, clock).run(stopping))
+    if settings.state_file is not None:
+        loops.append(StateFileWriter(settings.state_file, state).run(stopping))
+    return [asyncio.create_task(loop) for loop in loops]
+
+
+def process_view(watch: ProcessWatch | None) -> dict[str, object] | None:
+    """What `GET /v1/worker` shows of the watched process."""
+    info = None if watch is None else watch.snapshot()
+    return None if info is None else dataclasses.asdict(info)
+
+
+def watch_process(metrics: ProbeMetrics, watch: ProcessWatch) -> None:
+    def read(field: str) -> float | None:
+        info = watch.snapshot()
+        return None if info is None else float(getattr(info, field))
+
+    metrics.add_gauge("dynamo_sidecar_worker_pid", "The watched worker's pid.", lambda: read("pid"))
+    metrics.add_gauge(
+        "dynamo_sidecar_worker_cpu_percent",
+        "The watched worker's CPU use, in percent of one core.",
+        lambda: read("cpu_percent"),
+    )
+    metrics.add_gauge(
+        "dynamo_sidecar_worker_resident_memory_bytes",
+        "The watched worker's resident memory.",
+        lambda: read("rss_bytes"),
+    )
 
 
 def watch_notify(metrics: ProbeMetrics, notify: NotifyListener) -> None:
@@ -180,7 +237,8 @@ def describe_start(settings: Settings, probe: socket.socket, control: Path) -> s
         f"{control}; mode {settings.mode.value}, required endpoints {required}, starting status "
         f"{settings.starting_status.value}, liveness {settings.liveness.value}, heartbeat "
         f"timeout {heartbeat}, drain {settings.drain_seconds:g}s, state file "
-        f"{settings.state_file or 'off'}, sd_notify {settings.notify_socket or 'off'}"
+        f"{settings.state_file or 'off'}, sd_notify {settings.notify_socket or 'off'}, process "
+        f"watch {settings.watch_process.pattern if settings.watch_process else 'off'}"
     )
 
 
@@ -238,20 +296,23 @@ async def serve(settings: Settings) -> int:
     # Both sockets are bound (connections wait in their backlogs), so a probe can only
     # ever see the restored state.
     if settings.state_file is not None:
-        restore(state, settings.state_file, clock())
+        restore(state, settings.state_file, clock(), settings.watch_process is not None)
+
+    watch = None
+    if settings.watch_process is not None:
+        watch = ProcessWatch(settings.watch_process, state, clock)
+        watch_process(metrics, watch)
 
     probe = Server(uvicorn_config(build_probe_app(settings, verdicts, metrics, clock)))
-    control = Server(uvicorn_config(build_control_app(settings, state, verdicts, stopping, clock)))
+    control_app = build_control_app(
+        settings, state, verdicts, stopping, clock, lambda: process_view(watch)
+    )
+    control = Server(uvicorn_config(control_app))
     servers = [
         asyncio.create_task(probe.serve(sockets=[probe_sock]), name="probe-server"),
         asyncio.create_task(control.serve(sockets=[control_sock]), name="control-server"),
     ]
-    watchers = []
-    if settings.heartbeat_timeout is not None:
-        watchers.append(asyncio.create_task(HeartbeatWatch(state, clock).run(stopping)))
-    if settings.state_file is not None:
-        writer = StateFileWriter(settings.state_file, state)
-        watchers.append(asyncio.create_task(writer.run(stopping)))
+    watchers = start_watchers(settings, state, watch, stopping, clock)
     logger.info(describe_start(settings, probe_sock, settings.socket_path))
     if settings.kube is Kube.AUTO and settings.in_cluster:
         logger.info("Kubernetes reporting is not in this version; events and conditions are off")

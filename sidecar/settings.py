@@ -75,6 +75,7 @@ class Settings:
     socket_path: Path = Path(DEFAULT_SOCKET)
     state_file: Path | None = Path(DEFAULT_STATE_FILE)
     notify_socket: Path | None = None
+    watch_process: re.Pattern[str] | None = None
     drain_seconds: float = 5.0
     liveness: Liveness = Liveness.STARTED
     kube: Kube = Kube.AUTO
@@ -136,6 +137,13 @@ OPTIONS: tuple[Option, ...] = (
         "path of an sd_notify datagram socket for workers that call sd_notify (default: off)",
     ),
     Option(
+        "watch_process",
+        "DYN_SIDECAR_WATCH_PROCESS",
+        "--watch-process",
+        "a regular expression matched against the worker's command line, in a pod with "
+        "shareProcessNamespace (default: off)",
+    ),
+    Option(
         "state_file",
         "DYN_SIDECAR_STATE_FILE",
         "--state-file",
@@ -173,12 +181,6 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 
-# Settings of the contract whose feature this version does not have yet. Accepting them
-# silently would leave a user believing a worker is watched when it is not.
-NOT_YET: Mapping[str, str] = {
-    "DYN_SIDECAR_WATCH_PROCESS": "the process watch",
-}
-
 
 def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None) -> Settings:
     """Build the settings: flags over variables over defaults; raise on the first bad one."""
@@ -190,12 +192,6 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
             raw[option.field] = (option.flag, flag_value)
         elif environ.get(option.variable, "").strip():
             raw[option.field] = (option.variable, environ[option.variable])
-    for variable, feature in NOT_YET.items():
-        if environ.get(variable, "").strip():
-            raise SettingsError(
-                f"{variable}={environ[variable]!r} is not supported: {feature} is not in this "
-                "version of the sidecar; unset it"
-            )
     values: dict[str, object] = {}
     for name, (source, text) in raw.items():
         values[name] = PARSERS[name](source, text)
@@ -314,6 +310,15 @@ def _parse_socket(source: str, text: str) -> Path:
     return Path(text)
 
 
+def _parse_pattern(source: str, text: str) -> re.Pattern[str]:
+    if not text.strip():
+        raise _invalid(source, text, "expected a regular expression, such as ^python3? -m dynamo")
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise _invalid(source, text, f"expected a regular expression ({exc})") from None
+
+
 def _parse_state_file(source: str, text: str) -> Path | None:
     if text.strip().lower() == "off":
         return None
@@ -363,6 +368,7 @@ PARSERS: Mapping[str, Callable[[str, str], object]] = {
     "mode": _enum_parser(Mode),
     "socket_path": _parse_socket,
     "notify_socket": _parse_socket,
+    "watch_process": _parse_pattern,
     "state_file": _parse_state_file,
     "drain_seconds": _parse_seconds,
     "liveness": _enum_parser(Liveness),

@@ -235,10 +235,11 @@ class ProcessWatch:
             self.close()
 
     def close(self) -> None:
-        """Stop watching (the worker's life is untouched) and close the pidfd."""
+        """Stop watching and close the pidfd; the worker's life is left as it is."""
         watched, self._current = self._current, None
         if watched is not None:
             self._release(watched)
+        self.absent.set()
         self._loop = None
 
     # -- internals -------------------------------------------------------------------------
@@ -321,7 +322,11 @@ class ProcessWatch:
         self._current = watched
         self.absent.clear()
         self._attach(watched)
-        how = "its exit is announced by a pidfd" if pidfd is not None else "polled"
+        how = (
+            "a pidfd announces its exit"
+            if pidfd is not None
+            else f"polled every {self.scan_interval:g}s"
+        )
         logger.info(
             "watching worker process %d (%s); %s",
             pid,

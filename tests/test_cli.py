@@ -123,9 +123,9 @@ def assert_one_line_error(
         ),
         (
             "DYN_SIDECAR_WATCH_PROCESS",
-            "vllm",
-            "DYN_SIDECAR_WATCH_PROCESS='vllm' is not supported: the process watch is not in "
-            "this version of the sidecar; unset it",
+            "(vllm",
+            "DYN_SIDECAR_WATCH_PROCESS='(vllm' is invalid: expected a regular expression "
+            "(missing ), unterminated subpattern at position 0)",
         ),
         (
             "DYN_SIDECAR_LOG_FORMAT",

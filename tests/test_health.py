@@ -466,3 +466,11 @@ def test_health_session_still_open_watches_the_next_life() -> None:
     state.heartbeat(103.0)
     state.close_session(token, 104.0)
     assert state.live() == (False, "worker life 2 ended: its session connection closed")
+
+
+def test_health_reported_pid_of_a_child_does_not_look_like_a_replaced_process() -> None:
+    state, _ = make_state()
+    state.process_started(4242, 101.0)
+    state.heartbeat(102.0, pid=4300)
+    state.process_started(4242, 103.0)
+    assert (state.life.number, state.alive) == (1, True)

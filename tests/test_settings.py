@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,6 @@ from sidecar.health import Liveness, Status
 from sidecar.settings import (
     DEFAULT_SOCKET,
     NAME_PATTERN,
-    NOT_YET,
     OPTIONS,
     SUN_PATH_MAX,
     Kube,
@@ -32,7 +32,7 @@ from sidecar.settings import (
 )
 
 ENDPOINTS = "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS"
-VARIABLES = [option.variable for option in OPTIONS] + list(NOT_YET)
+VARIABLES = [option.variable for option in OPTIONS]
 FLAGS = {option.variable: option.flag for option in OPTIONS if option.flag}
 FIELDS = {option.variable: option.field for option in OPTIONS}
 
@@ -245,6 +245,10 @@ GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
     ],
     "DYN_SIDECAR_NOTIFY_SOCKET": [
         ("/run/dynamo/notify.sock", Path("/run/dynamo/notify.sock")),
+    ],
+    "DYN_SIDECAR_WATCH_PROCESS": [
+        ("^python3? -m dynamo\\.vllm", re.compile("^python3? -m dynamo\\.vllm")),
+        ("vllm serve", re.compile("vllm serve")),
     ],
     "DYN_SIDECAR_STATE_FILE": [
         ("/data/state.json", Path("/data/state.json")),
@@ -471,6 +475,14 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
         ("-0", SECONDS_RULE),
         ("+5", SECONDS_RULE),
     ],
+    "DYN_SIDECAR_WATCH_PROCESS": [
+        (
+            "(vllm",
+            "is invalid: expected a regular expression "
+            "(missing ), unterminated subpattern at position 0)",
+        ),
+        ("*x", "is invalid: expected a regular expression (nothing to repeat at position 0)"),
+    ],
     "DYN_SIDECAR_NOTIFY_SOCKET": [
         ("notify.sock", SOCKET_FILE),
         (socket_path_of(SUN_PATH_MAX + 1), SOCKET_LENGTH),
@@ -571,33 +583,9 @@ def test_port_off_refused(text: str) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("variable", "feature"),
-    [
-        ("DYN_SIDECAR_WATCH_PROCESS", "the process watch"),
-    ],
-)
-def test_not_yet_variable_refused(variable: str, feature: str) -> None:
-    assert NOT_YET[variable] == feature
-    assert error_of({variable: "/x y"}) == (
-        f"{variable}='/x y' is not supported: {feature} is not in this version of the "
-        "sidecar; unset it"
-    )
-
-
-@pytest.mark.parametrize("variable", list(NOT_YET))
-def test_not_yet_variable_whitespace_counts_as_unset(variable: str) -> None:
-    assert load({variable: " \t"}) == Settings()
-
-
 @pytest.mark.parametrize("variable", [option.variable for option in OPTIONS])
 def test_load_whitespace_only_variable_counts_as_unset(variable: str) -> None:
     assert load({variable: "  "}) == Settings()
-
-
-def test_not_yet_refused_before_other_settings_are_parsed() -> None:
-    message = error_of({"DYN_SYSTEM_PORT": "x", "DYN_SIDECAR_WATCH_PROCESS": "vllm"})
-    assert message.startswith("DYN_SIDECAR_WATCH_PROCESS='vllm' is not supported")
 
 
 def test_kube_on_flag_refused_naming_the_flag() -> None:
@@ -654,6 +642,7 @@ OVERRIDES: dict[str, tuple[str, str, object]] = {
     "DYN_SIDECAR_HEARTBEAT_TIMEOUT": ("30", "2.5", 2.5),
     "DYN_SIDECAR_STATE_FILE": ("/tmp/a.json", "off", None),
     "DYN_SIDECAR_NOTIFY_SOCKET": ("/tmp/n1.sock", "/tmp/n2.sock", Path("/tmp/n2.sock")),
+    "DYN_SIDECAR_WATCH_PROCESS": ("vllm", "sglang", re.compile("sglang")),
 }
 
 

@@ -612,8 +612,8 @@ def test_notes_warn_when_liveness_runs_without_startup(chart):
 
 
 def test_notes_warn_about_values_of_a_later_release(chart):
-    text = notes(chart, {"sidecar": {"processWatch": {"enabled": True, "pattern": "vllm"}}})
-    assert "arriving with a later release of the sidecar: sidecar.processWatch." in text
+    text = notes(chart, {"sidecar": {"kubeReporting": {"enabled": True}}})
+    assert "arriving with a later release of the sidecar: sidecar.kubeReporting." in text
 
 
 def test_notes_do_not_warn_about_the_heartbeat(chart):
