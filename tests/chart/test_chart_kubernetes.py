@@ -7,7 +7,21 @@ import re
 
 import kubernetes_validate
 import pytest
-from chart_render import kubernetes_versions, pod_spec
+import yaml
+from chart_render import CHART_README, kubernetes_versions, pod_spec
+
+
+def readme_example() -> dict:
+    """The values of the chart README's worked example, so the README is rendered and checked."""
+    text = CHART_README.read_text()
+    section = text[text.index("## Seeing the worker die or hang") :]
+    block = section[
+        section.index("```yaml") + len("```yaml") : section.index(
+            "```", section.index("```yaml") + 7
+        )
+    ]
+    return yaml.safe_load(block)
+
 
 # Every value that changes the structure of what is rendered, one rendering each.
 SCENARIOS = {
@@ -26,13 +40,14 @@ SCENARIOS = {
         "sidecar": {"kubeReporting": {"enabled": True}},
         "serviceAccount": {"name": "llm", "automountToken": True},
     },
-    "later-release-features": {
+    "fault-features": {
         "sidecar": {
             "processWatch": {"enabled": True, "pattern": "python.*worker"},
             "heartbeat": {"enabled": True, "timeoutSeconds": 30},
             "notify": {"enabled": True},
-            "stateFile": {"enabled": True},
-        }
+            "stateFile": {"enabled": False},
+        },
+        "worker": {"preStopSleepSeconds": 10},
     },
     "no-probes": {
         "probes": {k: {"enabled": False} for k in ("startup", "liveness", "readiness")},
@@ -104,6 +119,7 @@ SCENARIOS = {
         "terminationGracePeriodSeconds": 30,
     },
     "long-names": {"fullnameOverride": "x" * 63, "sidecar": {"kubeReporting": {"enabled": True}}},
+    "readme-fault-example": readme_example(),
 }
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -341,9 +341,7 @@ def test_process_namespace_is_not_shared_by_default(default_objects):
         ),
     ],
 )
-def test_optional_value_sets_its_variable(
-    render_objects, values, variable, expected
-):
+def test_optional_value_sets_its_variable(render_objects, values, variable, expected):
     assert env(container(render_objects({"sidecar": values}), SIDECAR))[variable] == expected
 
 
@@ -626,3 +624,20 @@ def test_state_file_is_left_to_its_default_beside_the_socket(default_objects):
 
 def test_notes_say_the_default_worker_is_an_example(chart):
     assert "the worker is the chart's example worker" in notes(chart)
+
+
+def test_worker_has_no_prestop_hook_by_default(default_objects):
+    assert "lifecycle" not in container(default_objects, WORKER)
+
+
+def test_worker_prestop_sleep_keeps_it_serving_before_its_sigterm(render_objects):
+    worker = container(render_objects({"worker": {"preStopSleepSeconds": 15}}), WORKER)
+    assert worker["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "15"]}}}
+
+
+def test_grace_period_not_above_the_prestop_sleep_is_refused(chart):
+    values = {"terminationGracePeriodSeconds": 30, "worker": {"preStopSleepSeconds": 30}}
+    assert (
+        "- terminationGracePeriodSeconds (30) must be greater than worker.preStopSleepSeconds "
+        "(30): the preStop hook runs inside the grace period"
+    ) in render_error(chart, values)

@@ -200,6 +200,9 @@ Every mistake in the values that the schema cannot see, gathered and reported at
 {{- if le ($v.terminationGracePeriodSeconds | float64) ($v.sidecar.drainSeconds | float64) }}
 {{- $messages = append $messages (printf "terminationGracePeriodSeconds (%v) must be greater than sidecar.drainSeconds (%v): the drain happens inside the grace period" $v.terminationGracePeriodSeconds $v.sidecar.drainSeconds) }}
 {{- end }}
+{{- if le ($v.terminationGracePeriodSeconds | int) ($v.worker.preStopSleepSeconds | int) }}
+{{- $messages = append $messages (printf "terminationGracePeriodSeconds (%v) must be greater than worker.preStopSleepSeconds (%v): the preStop hook runs inside the grace period" $v.terminationGracePeriodSeconds $v.worker.preStopSleepSeconds) }}
+{{- end }}
 {{- range $key := list "healthPath" "livePath" }}
 {{- $path := get $v.system $key }}
 {{- if has $path (list "/metrics" "/sidecar/live") }}
