@@ -83,11 +83,20 @@ class Instance:
 
 @dataclass
 class EndpointRecord:
-    """An endpoint's current status, since when, and how often it has changed."""
+    """An endpoint's status, since when, and how often it has changed.
+
+    `said` is what the worker last said; `held` is why a failing canary overrides it with
+    `notready` (empty when nothing does). `status`, what every reader sees, follows both.
+    """
 
     status: Status
     since: float
     transitions: int = 0
+    said: Status = Status.NOTREADY
+    held: str = ""
+
+    def effective(self) -> Status:
+        return Status.NOTREADY if self.held else self.said
 
 
 @dataclass
@@ -233,10 +242,11 @@ class HealthState:
             self.life.ended_at = now
             self.life.end_reason = saved.end_reason
         self.endpoints = {
-            name: EndpointRecord(status, now) for name, status in saved.endpoints.items()
+            name: EndpointRecord(status, now, said=status)
+            for name, status in saved.endpoints.items()
         }
         for name in self.required:
-            self.endpoints.setdefault(name, EndpointRecord(self.starting, now))
+            self.endpoints.setdefault(name, EndpointRecord(self.starting, now, said=self.starting))
         self.instances = {i.key: i for i in saved.instances} if saved.alive else {}
         self._status = self._decide_status()
         self._status_since = now
@@ -267,10 +277,56 @@ class HealthState:
             record = EndpointRecord(Status.NOTREADY, self.life.began_at)
             self.endpoints[name] = record
             self._touch()
-        if record.status is not status:
-            self._change_endpoint(name, record, status, now)
+        record.said = status
+        self._settle(name, record, now)
         self._reconsider(now)
         return record
+
+    def canary_failed(self, name: str, reason: str, now: float) -> None:
+        """Canaries to an endpoint the worker says is ready keep failing: hold it notready."""
+        record = self.endpoints.get(name)
+        if record is None or record.said is not Status.READY or record.held == reason:
+            return
+        record.held = reason
+        self._settle(name, record, now, f"canary failed: {reason}")
+        self._reconsider(now)
+
+    def canary_passed(self, name: str, now: float) -> None:
+        """A canary succeeded: the endpoint is again what the worker last said."""
+        record = self.endpoints.get(name)
+        if record is None or not record.held:
+            return
+        record.held = ""
+        self._settle(name, record, now, "canary passed")
+        self._reconsider(now)
+
+    def mirror(self, endpoints: Mapping[str, Status], status: Status, now: float) -> None:
+        """What a Dynamo status server says, copied as the worker's own word.
+
+        Its endpoint map replaces ours (required endpoints stay listed); its overall status
+        decides, as sd_notify's READY does, only when no endpoint is known.
+        """
+        self._signal(now)
+        self.life.declared = status
+        for name in [n for n in self.endpoints if n not in endpoints and n not in self.required]:
+            del self.endpoints[name]
+            self._touch()
+        for name in self.required:
+            if name not in endpoints:
+                self.set_endpoint(name, Status.NOTREADY, now)
+        for name, endpoint_status in endpoints.items():
+            self.set_endpoint(name, endpoint_status, now)
+        self._reconsider(now)
+
+    def mirror_lost(self, reason: str, now: float) -> None:
+        """The status server did not answer: nothing it said can be trusted any more."""
+        if not self.alive:
+            return
+        self.life.declared = Status.NOTREADY
+        for name, record in self.endpoints.items():
+            record.said = Status.NOTREADY
+            self._settle(name, record, now, reason)
+        self._reconsider(now)
 
     def register_instance(self, instance: Instance, now: float) -> bool:
         """Add (or replace) an instance; returns whether it was new."""
@@ -369,8 +425,8 @@ class HealthState:
         if not self.alive:
             return
         for name, record in self.endpoints.items():
-            if record.status is Status.READY:
-                self._change_endpoint(name, record, Status.NOTREADY, now)
+            record.said, record.held = Status.NOTREADY, ""
+            self._settle(name, record, now)
         self.instances.clear()
         self.life.ended_at = now
         self.life.end_reason = reason
@@ -433,7 +489,7 @@ class HealthState:
     def _seed_required(self, now: float) -> None:
         # Required endpoints start each life at the starting status, as Dynamo seeds them.
         for name in self.required:
-            self.endpoints[name] = EndpointRecord(self.starting, now)
+            self.endpoints[name] = EndpointRecord(self.starting, now, said=self.starting)
 
     def _decide_status(self) -> Status:
         if self.required:
@@ -459,18 +515,22 @@ class HealthState:
         for name in self.required:
             self.set_endpoint(name, status, now)
         for name, record in self.endpoints.items():
-            if record.status is not status:
-                self._change_endpoint(name, record, status, now)
+            record.said = status
+            self._settle(name, record, now)
         self._reconsider(now)
 
-    def _change_endpoint(
-        self, name: str, record: EndpointRecord, status: Status, now: float
-    ) -> None:
+    def _settle(self, name: str, record: EndpointRecord, now: float, reason: str = "") -> None:
+        """Make what readers see follow what the worker said and what the canary found."""
+        status = record.effective()
+        if record.status is status:
+            return
         old, after = record.status, now - record.since
         record.status, record.since = status, now
         record.transitions += 1
         self._touch()
-        self._publish(Transition(Subject.ENDPOINT, name, old.value, status.value, now, after))
+        self._publish(
+            Transition(Subject.ENDPOINT, name, old.value, status.value, now, after, reason)
+        )
 
     def _touch(self) -> None:
         """Something a reader can see changed: a new version, and word to the listeners."""

@@ -474,3 +474,78 @@ def test_health_reported_pid_of_a_child_does_not_look_like_a_replaced_process() 
     state.heartbeat(102.0, pid=4300)
     state.process_started(4242, 103.0)
     assert (state.life.number, state.alive) == (1, True)
+
+
+def test_health_failing_canary_holds_a_ready_endpoint_notready_with_its_reason() -> None:
+    state, seen = make_state(("generate",))
+    state.set_endpoint("generate", READY, 101.0)
+    state.canary_failed("generate", "no answer within 3s", 110.0)
+    assert statuses(state) == {"generate": "notready"}
+    assert state.status is NOTREADY
+    assert seen[-2].describe() == (
+        "generate: ready -> notready after 9.0s (canary failed: no answer within 3s)"
+    )
+
+
+def test_health_passing_canary_restores_what_the_worker_last_said() -> None:
+    state, _ = make_state(("generate",))
+    state.set_endpoint("generate", READY, 101.0)
+    state.canary_failed("generate", "503", 110.0)
+    state.canary_passed("generate", 120.0)
+    assert statuses(state) == {"generate": "ready"}
+
+
+def test_health_worker_saying_ready_while_held_stays_notready() -> None:
+    state, _ = make_state(("generate",))
+    state.set_endpoint("generate", READY, 101.0)
+    state.canary_failed("generate", "503", 110.0)
+    state.set_endpoint("generate", READY, 111.0)
+    assert statuses(state) == {"generate": "notready"}
+
+
+def test_health_canary_never_makes_a_not_ready_worker_ready() -> None:
+    state, _ = make_state(("generate",))
+    state.canary_failed("generate", "503", 110.0)
+    state.canary_passed("generate", 120.0)
+    assert statuses(state) == {"generate": "notready"}
+    assert state.endpoints["generate"].held == ""
+
+
+def test_health_canary_hold_ends_with_the_life() -> None:
+    state, _ = make_state(("generate",))
+    state.set_endpoint("generate", READY, 101.0)
+    state.canary_failed("generate", "503", 110.0)
+    state.end_life("its process 7 exited", 111.0)
+    state.set_endpoint("generate", READY, 112.0)
+    assert statuses(state) == {"generate": "ready"}
+
+
+def test_health_mirror_copies_the_upstream_endpoint_map() -> None:
+    state, _ = make_state(("generate",))
+    state.set_endpoint("stale", READY, 101.0)
+    state.mirror({"generate": READY, "clear_kv_blocks": READY}, READY, 102.0)
+    assert statuses(state) == {"generate": "ready", "clear_kv_blocks": "ready"}
+    assert state.status is READY
+
+
+def test_health_mirror_keeps_a_required_endpoint_the_upstream_lacks_notready() -> None:
+    state, _ = make_state(("generate",))
+    state.mirror({"clear_kv_blocks": READY}, READY, 102.0)
+    assert statuses(state) == {"generate": "notready", "clear_kv_blocks": "ready"}
+    assert state.status is NOTREADY
+
+
+def test_health_mirror_with_no_endpoints_follows_the_upstream_status() -> None:
+    state, _ = make_state()
+    state.mirror({}, READY, 102.0)
+    assert state.status is READY
+    state.mirror({}, NOTREADY, 103.0)
+    assert state.status is NOTREADY
+
+
+def test_health_mirror_lost_makes_everything_notready_but_keeps_the_life() -> None:
+    state, _ = make_state(("generate",))
+    state.mirror({"generate": READY}, READY, 102.0)
+    state.mirror_lost("its status server did not answer", 103.0)
+    assert statuses(state) == {"generate": "notready"}
+    assert (state.status, state.alive) == (NOTREADY, True)
