@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ NAME_RULE = "1 to 128 characters of A-Z a-z 0-9 _ . -"
 PATH_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]{0,1023}")
 PATH_RULE = "at most 1024 characters of letters, digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ /"
 SUN_PATH_MAX = 107
+CANARY_METHODS = ("GET", "POST", "PUT")
 SECONDS_PATTERN = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 DEFAULT_SOCKET = "/var/run/dynamo/health.sock"
 DEFAULT_STATE_FILE = "/var/run/dynamo/health.state.json"
@@ -82,6 +84,17 @@ class Settings:
     log_format: LogFormat = LogFormat.TEXT
     log_level: LogLevel = LogLevel.INFO
     heartbeat_timeout: float | None = None
+    upstream_status_url: str | None = None
+    upstream_interval: float = 2.0
+    upstream_misses: int = 3
+    canary_url: str | None = None
+    canary_method: str = "GET"
+    canary_body: str | None = None
+    canary_expect: tuple[tuple[int, int], ...] = ((200, 299),)
+    canary_timeout: float = 3.0
+    canary_wait: float = 10.0
+    canary_endpoint: str | None = None
+    canary_failures: int = 3
     # Whether the pod's environment names an API server; `auto` reporting follows it.
     in_cluster: bool = False
 
@@ -175,6 +188,73 @@ OPTIONS: tuple[Option, ...] = (
         "seconds of silence after the worker's first heartbeat before its life ends and the "
         "live path fails (default: off)",
     ),
+    Option(
+        "upstream_status_url",
+        "DYN_SIDECAR_UPSTREAM_STATUS_URL",
+        "--upstream-status-url",
+        "mirror a Dynamo status server: its health URL, e.g. http://127.0.0.1:8081/health "
+        "(default: off)",
+    ),
+    Option(
+        "upstream_interval",
+        "DYN_SIDECAR_UPSTREAM_INTERVAL",
+        "--upstream-interval",
+        "seconds between polls of the status server (default 2)",
+    ),
+    Option(
+        "upstream_misses",
+        "DYN_SIDECAR_UPSTREAM_MISSES",
+        "--upstream-misses",
+        "unanswered polls in a row before the worker counts as hung (default 3)",
+    ),
+    Option(
+        "canary_url",
+        "DYN_SIDECAR_CANARY_URL",
+        "--canary-url",
+        "send canary requests to this URL, e.g. http://127.0.0.1:8000/health (default: off)",
+    ),
+    Option(
+        "canary_method",
+        "DYN_SIDECAR_CANARY_METHOD",
+        "--canary-method",
+        "GET (default), POST or PUT",
+    ),
+    Option(
+        "canary_body",
+        "DYN_SIDECAR_CANARY_BODY",
+        "--canary-body",
+        "a JSON payload to send, such as a one-token completion (default: none)",
+    ),
+    Option(
+        "canary_expect",
+        "DYN_SIDECAR_CANARY_EXPECT",
+        "--canary-expect",
+        "status codes that pass, e.g. 200-299 (default) or 200,204",
+    ),
+    Option(
+        "canary_timeout",
+        "DYN_SIDECAR_CANARY_TIMEOUT",
+        "--canary-timeout",
+        "seconds for the whole answer, to the end of its body or stream (default 3)",
+    ),
+    Option(
+        "canary_wait",
+        "DYN_SIDECAR_CANARY_WAIT",
+        "--canary-wait",
+        "quiet seconds (no signal, no success) before the next canary (default 10)",
+    ),
+    Option(
+        "canary_endpoint",
+        "DYN_SIDECAR_CANARY_ENDPOINT",
+        "--canary-endpoint",
+        "the endpoint a failing canary holds notready (default: the first required one)",
+    ),
+    Option(
+        "canary_failures",
+        "DYN_SIDECAR_CANARY_FAILURES",
+        "--canary-failures",
+        "failed canaries in a row before acting (default 3)",
+    ),
     Option("log_format", "DYN_SIDECAR_LOG_FORMAT", "--log-format", "text (default) or json"),
     Option(
         "log_level", "DYN_SIDECAR_LOG_LEVEL", "--log-level", "debug, info (default), warning, error"
@@ -201,6 +281,10 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
         assert isinstance(socket_path, Path)
         values["state_file"] = socket_path.with_name(f"{socket_path.stem}.state.json")
     values["in_cluster"] = bool(environ.get("KUBERNETES_SERVICE_HOST"))
+    required = values.get("required_endpoints")
+    if values.get("canary_url") and "canary_endpoint" not in values and required:
+        assert isinstance(required, tuple)
+        values["canary_endpoint"] = required[0]
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_paths(settings, raw)
     if settings.state_file == settings.socket_path:
@@ -216,6 +300,7 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
             text,
             "the notify socket must differ from the worker's socket and the state file",
         )
+    _check_active_checks(settings, raw)
     if settings.kube is Kube.ON:
         source, text = raw["kube"]
         raise SettingsError(
@@ -345,6 +430,64 @@ def _parse_timeout(source: str, text: str) -> float:
     return float(value)
 
 
+def _parse_name(source: str, text: str) -> str:
+    if not NAME_PATTERN.fullmatch(text):
+        raise _invalid(source, text, f"endpoint names are {NAME_RULE}")
+    return text
+
+
+def _parse_url(source: str, text: str) -> str:
+    value = text.strip()
+    parts = urllib.parse.urlsplit(value)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise _invalid(source, text, "expected an http:// or https:// URL with a host")
+    return value
+
+
+def _parse_count(source: str, text: str) -> int:
+    value = text.strip()
+    if not re.fullmatch(r"[0-9]{1,4}", value) or not 1 <= int(value) <= 1000:
+        raise _invalid(source, text, "expected a whole number from 1 to 1000")
+    return int(value)
+
+
+def _parse_method(source: str, text: str) -> str:
+    value = text.strip().upper()
+    if value not in CANARY_METHODS:
+        raise _invalid(
+            source, text, f"expected {', '.join(CANARY_METHODS[:-1])} or {CANARY_METHODS[-1]}"
+        )
+    return value
+
+
+def _parse_json(source: str, text: str) -> str:
+    try:
+        json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise _invalid(source, text, f"expected JSON ({exc})") from None
+    return text
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_expect(source: str, text: str) -> tuple[tuple[int, int], ...]:
+    ranges = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*([1-5][0-9]{2})\s*(?:-\s*([1-5][0-9]{2})\s*)?", part)
+        if not match or int(match[2] or match[1]) < int(match[1]):
+            raise _invalid(
+                source, text, "expected status codes from 100 to 599, such as 200-299 or 200,204"
+            )
+        ranges.append((int(match[1]), int(match[2] or match[1])))
+    return tuple(ranges)
+
+
 def _enum_parser(kind: type[E]) -> Callable[[str, str], E]:
     allowed = " or ".join(", ".join(m.value for m in kind).rsplit(", ", 1))
 
@@ -374,9 +517,39 @@ PARSERS: Mapping[str, Callable[[str, str], object]] = {
     "liveness": _enum_parser(Liveness),
     "kube": _enum_parser(Kube),
     "heartbeat_timeout": _parse_timeout,
+    "upstream_status_url": _parse_url,
+    "upstream_interval": _parse_timeout,
+    "upstream_misses": _parse_count,
+    "canary_url": _parse_url,
+    "canary_method": _parse_method,
+    "canary_body": _parse_json,
+    "canary_expect": _parse_expect,
+    "canary_timeout": _parse_timeout,
+    "canary_wait": _parse_seconds,
+    "canary_endpoint": _parse_name,
+    "canary_failures": _parse_count,
     "log_format": _enum_parser(LogFormat),
     "log_level": _enum_parser(LogLevel),
 }
+
+
+def _check_active_checks(settings: Settings, raw: Mapping[str, tuple[str, str]]) -> None:
+    """Mirror mode and canaries only make sense for a worker, and a canary needs an endpoint."""
+    for field in ("upstream_status_url", "canary_url"):
+        if getattr(settings, field) is not None and settings.mode is Mode.FRONTEND:
+            source, text = raw[field]
+            raise _invalid(source, text, "active checks need DYN_SIDECAR_MODE=worker")
+    if settings.canary_url is not None and settings.canary_endpoint is None:
+        source, text = raw["canary_url"]
+        raise _invalid(
+            source,
+            text,
+            "a canary needs an endpoint to hold: set DYN_SIDECAR_CANARY_ENDPOINT or "
+            "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS",
+        )
+    if settings.canary_body is not None and settings.canary_method == "GET":
+        source, text = raw["canary_body"]
+        raise _invalid(source, text, "a canary body needs DYN_SIDECAR_CANARY_METHOD=POST or PUT")
 
 
 def _check_paths(settings: Settings, raw: Mapping[str, tuple[str, str]]) -> None:

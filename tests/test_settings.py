@@ -51,6 +51,9 @@ NAMES_RULE = (
 )
 SOCKET_LENGTH = f"is invalid: a Unix socket path is at most {SUN_PATH_MAX} bytes"
 SOCKET_FILE = "is invalid: expected an absolute file path for the Unix socket"
+URL_RULE = "is invalid: expected an http:// or https:// URL with a host"
+COUNT_RULE = "is invalid: expected a whole number from 1 to 1000"
+EXPECT_RULE = "is invalid: expected status codes from 100 to 599, such as 200-299 or 200,204"
 TIMEOUT_RULE = "is invalid: expected a number of seconds above 0 and up to 86400, such as 30 or 2.5"
 SECONDS_RULE = "is invalid: expected a number of seconds from 0 to 86400, such as 5 or 2.5"
 KUBE_ON = (
@@ -155,11 +158,17 @@ def test_load_ignores_unrelated_variables() -> None:
 @pytest.mark.parametrize("variable", list(FLAGS))
 def test_load_none_flag_falls_back_to_variable(variable: str) -> None:
     field = FIELDS[variable]
-    good = GOOD_VALUES[variable][0]
-    assert load({variable: good[0]}, {field: None}) == load({variable: good[0]})
+    environ = {variable: GOOD_VALUES[variable][0][0], **CONTEXT.get(variable, {})}
+    assert load(environ, {field: None}) == load(environ)
 
 
 # --- good values, per variable ---------------------------------------------------------
+
+# variable -> the other variables it needs to be valid at all
+CONTEXT: dict[str, dict[str, str]] = {
+    "DYN_SIDECAR_CANARY_URL": {ENDPOINTS: "generate"},
+    "DYN_SIDECAR_CANARY_BODY": {"DYN_SIDECAR_CANARY_METHOD": "POST"},
+}
 
 # variable -> [(text, expected value of its field)]
 GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
@@ -246,6 +255,27 @@ GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
     "DYN_SIDECAR_NOTIFY_SOCKET": [
         ("/run/dynamo/notify.sock", Path("/run/dynamo/notify.sock")),
     ],
+    "DYN_SIDECAR_UPSTREAM_STATUS_URL": [
+        ("http://127.0.0.1:8081/health", "http://127.0.0.1:8081/health"),
+        (" https://worker.local/health ", "https://worker.local/health"),
+    ],
+    "DYN_SIDECAR_UPSTREAM_INTERVAL": [("2", 2.0), ("0.25", 0.25)],
+    "DYN_SIDECAR_UPSTREAM_MISSES": [("1", 1), ("3", 3), ("1000", 1000)],
+    "DYN_SIDECAR_CANARY_URL": [("http://127.0.0.1:8000/health", "http://127.0.0.1:8000/health")],
+    "DYN_SIDECAR_CANARY_METHOD": [("GET", "GET"), ("post", "POST"), (" Put ", "PUT")],
+    "DYN_SIDECAR_CANARY_BODY": [
+        ('{"model": "m", "max_tokens": 1}', '{"model": "m", "max_tokens": 1}'),
+        ("[]", "[]"),
+    ],
+    "DYN_SIDECAR_CANARY_EXPECT": [
+        ("200-299", ((200, 299),)),
+        ("200,204", ((200, 200), (204, 204))),
+        ("200 - 299, 404", ((200, 299), (404, 404))),
+    ],
+    "DYN_SIDECAR_CANARY_TIMEOUT": [("3", 3.0), ("0.5", 0.5)],
+    "DYN_SIDECAR_CANARY_WAIT": [("10", 10.0), ("0", 0.0), ("2.5", 2.5)],
+    "DYN_SIDECAR_CANARY_ENDPOINT": [("generate", "generate")],
+    "DYN_SIDECAR_CANARY_FAILURES": [("1", 1), ("3", 3)],
     "DYN_SIDECAR_WATCH_PROCESS": [
         ("^python3? -m dynamo\\.vllm", re.compile("^python3? -m dynamo\\.vllm")),
         ("vllm serve", re.compile("vllm serve")),
@@ -305,10 +335,14 @@ def test_good_values_cover_every_flagged_option() -> None:
 )
 def test_load_accepts_good_variable(variable: str, text: str, expected: object) -> None:
     field = FIELDS[variable]
-    settings = load({variable: text})
+    settings = load({variable: text, **CONTEXT.get(variable, {})})
     assert getattr(settings, field) == expected
-    # Every other setting keeps its default, but the state file, which follows the socket.
-    defaults = {field: getattr(Settings(), field), "state_file": Settings().state_file}
+    # Every other setting keeps its default, but the state file, which follows the socket,
+    # and those the variable needs beside it.
+    others = {field, "state_file", "canary_endpoint"} | {
+        FIELDS[v] for v in CONTEXT.get(variable, {})
+    }
+    defaults = {name: getattr(Settings(), name) for name in others}
     assert dataclasses.replace(settings, **defaults) == Settings()
 
 
@@ -475,6 +509,40 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
         ("-0", SECONDS_RULE),
         ("+5", SECONDS_RULE),
     ],
+    "DYN_SIDECAR_UPSTREAM_STATUS_URL": [
+        ("127.0.0.1:8081/health", URL_RULE),
+        ("ftp://x/health", URL_RULE),
+        ("http:///health", URL_RULE),
+        ("http://x:0/health", URL_RULE),
+        ("http://x:99999/health", URL_RULE),
+    ],
+    "DYN_SIDECAR_UPSTREAM_INTERVAL": [("0", TIMEOUT_RULE), ("-2", TIMEOUT_RULE)],
+    "DYN_SIDECAR_UPSTREAM_MISSES": [("0", COUNT_RULE), ("1001", COUNT_RULE), ("2.5", COUNT_RULE)],
+    "DYN_SIDECAR_CANARY_URL": [("localhost:8000", URL_RULE)],
+    "DYN_SIDECAR_CANARY_METHOD": [
+        ("DELETE", "is invalid: expected GET, POST or PUT"),
+        ("get it", "is invalid: expected GET, POST or PUT"),
+    ],
+    "DYN_SIDECAR_CANARY_BODY": [
+        (
+            "{max_tokens: 1}",
+            "is invalid: expected JSON (Expecting property name enclosed in double quotes: "
+            "line 1 column 2 (char 1))",
+        ),
+        ("NaN", "is invalid: expected JSON (NaN is not JSON)"),
+    ],
+    "DYN_SIDECAR_CANARY_EXPECT": [
+        ("2xx", EXPECT_RULE),
+        ("299-200", EXPECT_RULE),
+        ("200,", EXPECT_RULE),
+        ("600", EXPECT_RULE),
+    ],
+    "DYN_SIDECAR_CANARY_TIMEOUT": [("0", TIMEOUT_RULE), ("-3", TIMEOUT_RULE)],
+    "DYN_SIDECAR_CANARY_WAIT": [("-1", SECONDS_RULE)],
+    "DYN_SIDECAR_CANARY_ENDPOINT": [
+        ("gen erate", "is invalid: endpoint names are 1 to 128 characters of A-Z a-z 0-9 _ . -"),
+    ],
+    "DYN_SIDECAR_CANARY_FAILURES": [("0", COUNT_RULE), ("x", COUNT_RULE)],
     "DYN_SIDECAR_WATCH_PROCESS": [
         (
             "(vllm",
@@ -643,6 +711,17 @@ OVERRIDES: dict[str, tuple[str, str, object]] = {
     "DYN_SIDECAR_STATE_FILE": ("/tmp/a.json", "off", None),
     "DYN_SIDECAR_NOTIFY_SOCKET": ("/tmp/n1.sock", "/tmp/n2.sock", Path("/tmp/n2.sock")),
     "DYN_SIDECAR_WATCH_PROCESS": ("vllm", "sglang", re.compile("sglang")),
+    "DYN_SIDECAR_UPSTREAM_STATUS_URL": ("http://a:1/h", "http://b:2/h", "http://b:2/h"),
+    "DYN_SIDECAR_UPSTREAM_INTERVAL": ("2", "0.5", 0.5),
+    "DYN_SIDECAR_UPSTREAM_MISSES": ("3", "5", 5),
+    "DYN_SIDECAR_CANARY_URL": ("http://a:1/h", "http://b:2/h", "http://b:2/h"),
+    "DYN_SIDECAR_CANARY_METHOD": ("GET", "POST", "POST"),
+    "DYN_SIDECAR_CANARY_BODY": ("{}", "[]", "[]"),
+    "DYN_SIDECAR_CANARY_EXPECT": ("200", "200-204", ((200, 204),)),
+    "DYN_SIDECAR_CANARY_TIMEOUT": ("3", "1.5", 1.5),
+    "DYN_SIDECAR_CANARY_WAIT": ("10", "0", 0.0),
+    "DYN_SIDECAR_CANARY_ENDPOINT": ("generate", "clear_kv_blocks", "clear_kv_blocks"),
+    "DYN_SIDECAR_CANARY_FAILURES": ("3", "1", 1),
 }
 
 
@@ -654,8 +733,9 @@ def test_overrides_cover_every_flag() -> None:
 def test_flag_wins_over_variable(variable: str) -> None:
     env_text, flag_text, expected = OVERRIDES[variable]
     field = FIELDS[variable]
-    assert getattr(load({variable: env_text}), field) != expected
-    assert getattr(load({variable: env_text}, {field: flag_text}), field) == expected
+    environ = {variable: env_text, **CONTEXT.get(variable, {})}
+    assert getattr(load(environ), field) != expected
+    assert getattr(load(environ, {field: flag_text}), field) == expected
 
 
 @pytest.mark.parametrize("variable", list(OVERRIDES))
@@ -663,7 +743,8 @@ def test_flag_wins_over_bad_variable(variable: str) -> None:
     bad_text = BAD_VALUES[variable][0][0]
     _, flag_text, expected = OVERRIDES[variable]
     field = FIELDS[variable]
-    assert getattr(load({variable: bad_text}, {field: flag_text}), field) == expected
+    environ = {variable: bad_text, **CONTEXT.get(variable, {})}
+    assert getattr(load(environ, {field: flag_text}), field) == expected
 
 
 @pytest.mark.parametrize("variable", list(OVERRIDES))
@@ -764,3 +845,31 @@ def test_load_any_text_for_a_flag_gives_settings_or_one_line(
 ) -> None:
     text = data.draw(st.text(), label="text")
     _check_outcome({}, {FIELDS[variable]: text}, FLAGS[variable])
+
+
+def test_canary_endpoint_defaults_to_the_first_required_one() -> None:
+    environ = {"DYN_SIDECAR_CANARY_URL": "http://a:1/h", ENDPOINTS: "generate,load_metrics"}
+    assert load(environ).canary_endpoint == "generate"
+
+
+def test_canary_without_an_endpoint_to_hold_is_refused() -> None:
+    assert error_of({"DYN_SIDECAR_CANARY_URL": "http://a:1/h"}) == (
+        "DYN_SIDECAR_CANARY_URL='http://a:1/h' is invalid: a canary needs an endpoint to hold: "
+        "set DYN_SIDECAR_CANARY_ENDPOINT or DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS"
+    )
+
+
+def test_canary_body_with_get_is_refused() -> None:
+    environ = {"DYN_SIDECAR_CANARY_BODY": "{}"}
+    assert error_of(environ) == (
+        "DYN_SIDECAR_CANARY_BODY='{}' is invalid: a canary body needs "
+        "DYN_SIDECAR_CANARY_METHOD=POST or PUT"
+    )
+
+
+@pytest.mark.parametrize("variable", ["DYN_SIDECAR_CANARY_URL", "DYN_SIDECAR_UPSTREAM_STATUS_URL"])
+def test_active_checks_in_frontend_mode_are_refused(variable: str) -> None:
+    environ = {variable: "http://a:1/h", "DYN_SIDECAR_MODE": "frontend", ENDPOINTS: "generate"}
+    assert error_of(environ) == (
+        f"{variable}='http://a:1/h' is invalid: active checks need DYN_SIDECAR_MODE=worker"
+    )
