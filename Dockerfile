@@ -1,18 +1,25 @@
-# The dynamo-health-sidecar image. Build from the repository root:
+# The dynamo-health-sidecar image. Build from the repository root (Docker with BuildKit, or Podman):
 #   docker build -t dynamo-health-sidecar:0.1.0 .
 # Pin the base exactly with a digest: --build-arg BASE=python:3.11-slim-bookworm@sha256:<digest>
+# Any Debian-like base with python3 (3.11+), its venv module and useradd works, e.g. one built with
+# debootstrap (tests/container does that). Behind a TLS-intercepting proxy, give pip its CA bundle
+# as a build secret; it is mounted for the install step only and is in no layer of the image:
+#   --secret id=pip-cert,src=/etc/ssl/certs/ca-certificates.crt
 ARG BASE=python:3.11-slim-bookworm
 
 # Build stage: installs the package and its dependencies (binary wheels) into a venv.
 FROM ${BASE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-RUN python -m venv /opt/venv
+# python3, not python: the python images have both, a plain Debian base only python3.
+RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sidecar/ ./sidecar/
 # The venv keeps its compiled bytecode: the root filesystem is read-only at run time.
-RUN /opt/venv/bin/pip install --no-cache-dir . \
+RUN --mount=type=secret,id=pip-cert \
+    if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+ && /opt/venv/bin/pip install --no-cache-dir . \
  && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 # Final stage: the same base, the venv, a non-root user; no build tools, sources or caches.

@@ -105,8 +105,22 @@ def test_dockerfile_command_is_serve():
 def test_dockerfile_installs_into_a_venv_without_pip_cache():
     build = stages()[1]
     runs = " ".join(c.value[0] for c in only("RUN", build))
-    assert "python -m venv /opt/venv" in runs
+    # python3: the python images have it, and so does a plain Debian base (tests/container).
+    assert "python3 -m venv /opt/venv" in runs
     assert "/opt/venv/bin/pip install --no-cache-dir ." in runs
+
+
+def test_dockerfile_takes_pip_ca_bundle_only_as_a_build_secret():
+    """A CA bundle for pip is mounted for the install step alone (never COPY, ARG or ENV, which
+    would keep it in the image or its history), and the build works without it."""
+    build = stages()[1]
+    (install,) = [c for c in only("RUN", build) if "pip install" in c.value[0]]
+    assert "--mount=type=secret,id=pip-cert" in install.flags
+    use_if_given = "if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi"
+    assert use_if_given in install.value[0]
+    for c in COMMANDS:
+        if c.cmd in ("ARG", "ENV", "COPY", "ADD"):
+            assert not any("cert" in str(v).lower() for v in c.value), c.original
 
 
 def test_dockerfile_final_stage_takes_only_the_venv_from_the_build():
