@@ -245,6 +245,7 @@ def build_control_app(
     stopping: asyncio.Event,
     clock: Callable[[], float] = time.monotonic,
     process_info: Callable[[], Mapping[str, object] | None] = lambda: None,
+    checks_info: Callable[[], Mapping[str, object]] = dict,
 ) -> Starlette:
     """The worker's API for one state; `process_info` is what the process watch sees."""
 
@@ -324,7 +325,7 @@ def build_control_app(
         return Response(answer.body, media_type=JSON)
 
     async def get_worker(request: Request) -> Response:
-        return json_response(worker_view(state, clock(), process_info()))
+        return json_response({**worker_view(state, clock(), process_info()), **checks_info()})
 
     async def refuse(request: Request, exc: Exception) -> Response:
         if isinstance(exc, ApiError):

@@ -110,6 +110,8 @@ class Life:
     end_reason: str = ""
     sessions: set[int] = field(default_factory=set)
     last_signal: float | None = None
+    # The last word that says what the worker serves: not heartbeats, not a mirror's copy.
+    last_activity: float | None = None
     last_heartbeat: float | None = None
     pid: int | None = None
     watched_pid: int | None = None
@@ -268,6 +270,9 @@ class HealthState:
     def set_endpoint(self, name: str, status: Status, now: float) -> EndpointRecord:
         """The worker serves (or stops serving) an endpoint."""
         self._signal(now)
+        return self._say(name, status, now)
+
+    def _say(self, name: str, status: Status, now: float) -> EndpointRecord:
         record = self.endpoints.get(name)
         if record is None:
             if len(self.endpoints) >= MAX_ENDPOINTS:
@@ -306,16 +311,16 @@ class HealthState:
         Its endpoint map replaces ours (required endpoints stay listed); its overall status
         decides, as sd_notify's READY does, only when no endpoint is known.
         """
-        self._signal(now)
+        self._signal(now, activity=False)
         self.life.declared = status
         for name in [n for n in self.endpoints if n not in endpoints and n not in self.required]:
             del self.endpoints[name]
             self._touch()
         for name in self.required:
             if name not in endpoints:
-                self.set_endpoint(name, Status.NOTREADY, now)
+                self._say(name, Status.NOTREADY, now)
         for name, endpoint_status in endpoints.items():
-            self.set_endpoint(name, endpoint_status, now)
+            self._say(name, endpoint_status, now)
         self._reconsider(now)
 
     def mirror_lost(self, reason: str, now: float) -> None:
@@ -350,7 +355,7 @@ class HealthState:
 
     def heartbeat(self, now: float, pid: int | None = None) -> None:
         """The worker says it is alive; the first heartbeat of a life arms the deadline."""
-        self._signal(now, pid)
+        self._signal(now, pid, activity=False)
         self.life.last_heartbeat = now
 
     def heartbeat_deadline(self) -> float | None:
@@ -456,11 +461,13 @@ class HealthState:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _signal(self, now: float, pid: int | None = None) -> None:
+    def _signal(self, now: float, pid: int | None = None, activity: bool = True) -> None:
         """Any word from the worker after its life ended begins a new life."""
         if not self.alive:
             self._begin_life(now)
         self.life.last_signal = now
+        if activity:
+            self.life.last_activity = now
         if pid is not None:
             self.life.pid = pid
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import uvicorn
 
 from sidecar import statefile
+from sidecar.active_checks import ActiveChecks
 from sidecar.control_app import build_control_app
 from sidecar.health import HealthState, Subject, Transition
 from sidecar.heartbeat import HeartbeatWatch
@@ -302,10 +303,11 @@ async def serve(settings: Settings) -> int:
     if settings.watch_process is not None:
         watch = ProcessWatch(settings.watch_process, state, clock)
         watch_process(metrics, watch)
+    checks = ActiveChecks.build(settings, state, metrics, clock)
 
     probe = Server(uvicorn_config(build_probe_app(settings, verdicts, metrics, clock)))
     control_app = build_control_app(
-        settings, state, verdicts, stopping, clock, lambda: process_view(watch)
+        settings, state, verdicts, stopping, clock, lambda: process_view(watch), checks.view
     )
     control = Server(uvicorn_config(control_app))
     servers = [
@@ -313,6 +315,7 @@ async def serve(settings: Settings) -> int:
         asyncio.create_task(control.serve(sockets=[control_sock]), name="control-server"),
     ]
     watchers = start_watchers(settings, state, watch, stopping, clock)
+    watchers += [asyncio.create_task(loop) for loop in checks.loops(stopping)]
     logger.info(describe_start(settings, probe_sock, settings.socket_path))
     if settings.kube is Kube.AUTO and settings.in_cluster:
         logger.info("Kubernetes reporting is not in this version; events and conditions are off")

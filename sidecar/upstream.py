@@ -1,0 +1,342 @@
+"""Mirror mode (`DYN_SIDECAR_UPSTREAM_STATUS_URL`): copy a Dynamo worker's own status server.
+
+A Dynamo worker started with `DYN_SYSTEM_ENABLED=true` on an inner port answers its health
+path with `200` when it is ready and `503` when it is not, with the same JSON body either way:
+`{"endpoints": {...}, "status": "ready"|"notready", "uptime": {...}}`. Every `interval`
+seconds the mirror GETs that path and hands the endpoint map and the status to the state
+machine (`HealthState.mirror`), 503 bodies included: the state then decides as it would for
+a worker that had said the same through the socket (contract section 8).
+
+A poll that gets no usable answer is a *miss*: nothing listens, no answer within the poll's
+timeout (`min(interval, POLL_TIMEOUT_CAP)`), a status code other than 200 or 503, a body that
+is not Dynamo's (not JSON, no endpoint map, a status other than `ready`/`notready`, an
+invalid endpoint name, a code that contradicts the body's status). Each miss makes every
+endpoint `notready` at once (`HealthState.mirror_lost`), since nothing the server said can
+be trusted any more. `misses` misses in a row end the worker's life, as heartbeats that stop
+do (contract section 6): the live path fails and the kubelet restarts the hung worker. Like
+the heartbeat deadline, which only the first heartbeat of a life arms, this rule is armed by
+the first answer of the current life: a worker still importing its libraries, whose status
+server is not up yet, is not declared hung (the startup probe's threshold covers that). The
+next good answer is a signal and begins a new life by itself.
+
+Every poll opens a new connection (no keep-alive, so a connection the server dropped while
+idle cannot pass for a miss), ignores proxy variables (the status server is in the pod),
+and never raises: errors are misses, logged once when a run of them begins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from sidecar.health import MAX_ENDPOINTS, HealthState, Status
+from sidecar.settings import NAME_PATTERN
+
+logger = logging.getLogger("dynamo_health_sidecar")
+
+# The longest one poll may take, however long the interval.
+POLL_TIMEOUT_CAP = 5.0
+# The most of a body that is read (a Dynamo status body is about 100 bytes; 4096 endpoints
+# fit well under this).
+MAX_BODY_BYTES = 1 << 20
+USER_AGENT = "dynamo-health-sidecar"
+_STATUSES = {status.value: status for status in Status}
+
+# httpx loads these on its first request: 20 to 30 ms of imports that would stall the event
+# loop, and the probe path on it, when the first poll or canary goes out. Load them now.
+for _module in ("httpcore", "h11", "anyio._backends._asyncio"):
+    importlib.import_module(_module)
+
+
+class UpstreamError(Exception):
+    """A poll that counts as a miss; `str()` is the reason, shown in transitions."""
+
+
+class BodyTooLarge(Exception):
+    """An answer's body is longer than the sidecar reads."""
+
+
+# -- shared with the canary ---------------------------------------------------------------
+
+
+async def open_client(url: str, timeout: float) -> httpx.AsyncClient:
+    """A client for one upstream: a new connection per request, no proxies, no redirects.
+
+    Loading CA certificates takes tens of milliseconds; for an https URL it happens in a
+    thread, and for http it is not needed, so the event loop (and the probe path on it) never
+    waits for it.
+    """
+    verify: ssl.SSLContext | bool = False
+    if urllib.parse.urlsplit(url).scheme == "https":
+        verify = await asyncio.to_thread(ssl.create_default_context)
+    return httpx.AsyncClient(
+        verify=verify,
+        # The callers bound the whole request with asyncio.timeout; this is a backstop.
+        timeout=timeout + 1.0,
+        limits=httpx.Limits(max_keepalive_connections=0),
+        follow_redirects=False,
+        trust_env=False,
+        headers={"user-agent": USER_AGENT, "connection": "close"},
+    )
+
+
+async def read_body(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The whole body of a streamed response, to its end; raises BodyTooLarge past `limit`."""
+    parts: list[bytes] = []
+    size = 0
+    async for part in response.aiter_raw():
+        size += len(part)
+        if size > limit:
+            raise BodyTooLarge(f"the answer is longer than {limit} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+async def unless_stopped(stop: asyncio.Event, task: asyncio.Future[Any]) -> bool:
+    """Wait for `task` until it is done or `stop` is set (then cancel it); True when it finished."""
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return not task.cancelled()
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=max(seconds, 0.0))
+
+
+# -- the status body ------------------------------------------------------------------------
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise UpstreamError(f"the status server's body repeats the key {key[:40]!r}")
+        data[key] = value
+    return data
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _status(value: object, what: str) -> Status:
+    status = _STATUSES.get(value) if isinstance(value, str) else None
+    if status is None:
+        shown = json.dumps(value)[:40] if isinstance(value, str | int | float | bool) else "?"
+        raise UpstreamError(
+            f"the status server's body has an unknown {what} {shown} (expected ready or notready)"
+        )
+    return status
+
+
+def parse_status(code: int, body: bytes) -> tuple[dict[str, Status], Status]:
+    """The endpoint map and status of a Dynamo status server's answer.
+
+    Raises UpstreamError, with the reason, for anything that is not such an answer. Keys
+    other than `endpoints` and `status` (`uptime`, and any a later Dynamo adds) are ignored.
+    """
+    if code not in (200, 503):
+        raise UpstreamError(f"the status server answered status {code}")
+    try:
+        data = json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except UpstreamError:
+        raise
+    except (ValueError, RecursionError):
+        raise UpstreamError("the status server's body is not JSON") from None
+    if not isinstance(data, dict):
+        raise UpstreamError("the status server's body is not a JSON object")
+    if "status" not in data:
+        raise UpstreamError("the status server's body has no status")
+    status = _status(data["status"], "status")
+    raw = data.get("endpoints")
+    if not isinstance(raw, dict):
+        raise UpstreamError("the status server's body has no endpoints map")
+    if len(raw) > MAX_ENDPOINTS:
+        raise UpstreamError(
+            f"the status server lists {len(raw)} endpoints; the sidecar keeps {MAX_ENDPOINTS}"
+        )
+    endpoints: dict[str, Status] = {}
+    for name, value in raw.items():
+        if not NAME_PATTERN.fullmatch(name):
+            raise UpstreamError(f"the status server's body names an invalid endpoint {name[:40]!r}")
+        endpoints[name] = _status(value, f"status for {name}")
+    if (code == 200) != (status is Status.READY):
+        raise UpstreamError(
+            f"the status server answered status {code} with a body saying {status.value}"
+        )
+    return endpoints, status
+
+
+# -- the mirror -----------------------------------------------------------------------------
+
+
+class UpstreamMirror:
+    """Polls a Dynamo status server and copies what it says into the state."""
+
+    def __init__(
+        self,
+        url: str,
+        state: HealthState,
+        interval: float,
+        misses: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.state = state
+        self.interval = interval
+        # Misses in a row that end the worker's life.
+        self.misses = misses
+        self.clock = clock
+        self.timeout = min(interval, POLL_TIMEOUT_CAP)
+        # For /metrics and `status`.
+        self.polls = 0
+        self.missed = 0
+        self.consecutive_misses = 0
+        self.last_latency: float | None = None
+        self.last_reason: str | None = None
+        self._client: httpx.AsyncClient | None = None
+        # The life in which the status server last answered: it arms the misses rule.
+        self._answered_life: int | None = None
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def armed(self) -> bool:
+        """Whether misses can end the current life (the server answered in it)."""
+        return self._answered_life == self.state.life.number
+
+    def view(self) -> dict[str, object]:
+        """What `GET /v1/worker` shows of the mirror."""
+        return {
+            "url": self.url,
+            "interval_seconds": self.interval,
+            "polls": self.polls,
+            "misses": self.missed,
+            "consecutive_misses": self.consecutive_misses,
+            "misses_to_end_life": self.misses,
+            "armed": self.armed,
+            "last_latency_seconds": (
+                None if self.last_latency is None else round(self.last_latency, 6)
+            ),
+            "last_reason": self.last_reason,
+        }
+
+    # -- polling -------------------------------------------------------------------------
+
+    async def step(self) -> None:
+        """Poll the status server once and tell the state what it said, or that it said nothing."""
+        started = time.perf_counter()
+        answer: tuple[dict[str, Status], Status] | None = None
+        try:
+            answer = await self._poll()
+        except UpstreamError as exc:
+            reason = str(exc)
+        except Exception as exc:  # never escapes: whatever it is, the poll missed
+            reason = f"the status server poll failed ({exc!r})"
+        self.last_latency = time.perf_counter() - started
+        self.polls += 1
+        now = self.clock()
+        if answer is not None:
+            self._answered(*answer, now)
+        else:
+            self._missed(reason, now)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll every `interval` seconds (start to start) until `stop` is set; a poll in
+        flight is cancelled."""
+        try:
+            while not stop.is_set():
+                started = self.clock()
+                if not await unless_stopped(stop, asyncio.ensure_future(self._guarded_step())):
+                    break
+                await sleep_unless_stopped(stop, started + self.interval - self.clock())
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _guarded_step(self) -> None:
+        try:
+            await self.step()
+        except Exception as exc:  # the state refused what was copied: log it, keep polling
+            logger.warning("mirror of %s failed and keeps polling: %r", self.url, exc)
+
+    async def _poll(self) -> tuple[dict[str, Status], Status]:
+        if self._client is None:
+            self._client = await open_client(self.url, self.timeout)
+        try:
+            async with (
+                asyncio.timeout(self.timeout),
+                self._client.stream("GET", self.url, headers={"accept": "*/*"}) as response,
+            ):
+                body = await read_body(response)
+        except (TimeoutError, httpx.TimeoutException):
+            raise UpstreamError(
+                f"the status server did not answer within {self.timeout:g}s"
+            ) from None
+        except httpx.ConnectError:
+            raise UpstreamError("the status server cannot be reached") from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            raise UpstreamError("the status server closed the connection") from None
+        except BodyTooLarge as exc:
+            raise UpstreamError(f"the status server's body is too long ({exc})") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                f"the status server request failed ({type(exc).__name__})"
+            ) from None
+        return parse_status(response.status_code, body)
+
+    def _answered(self, endpoints: dict[str, Status], status: Status, now: float) -> None:
+        if self.consecutive_misses:
+            logger.info(
+                "the status server %s answers again after %d missed polls",
+                self.url,
+                self.consecutive_misses,
+                extra={"fields": {"event": "upstream_back", "misses": self.consecutive_misses}},
+            )
+        self.consecutive_misses = 0
+        self.last_reason = None
+        self.state.mirror(endpoints, status, now)
+        self._answered_life = self.state.life.number
+
+    def _missed(self, reason: str, now: float) -> None:
+        self.missed += 1
+        self.consecutive_misses += 1
+        if reason != self.last_reason:
+            logger.warning(
+                "mirror of %s: %s (miss %d; %d in a row end the worker's life)",
+                self.url,
+                reason,
+                self.consecutive_misses,
+                self.misses,
+                extra={"fields": {"event": "upstream_miss", "reason": reason}},
+            )
+        else:
+            logger.debug("mirror of %s: %s (miss %d)", self.url, reason, self.consecutive_misses)
+        self.last_reason = reason
+        self.state.mirror_lost(reason, now)
+        if self.consecutive_misses >= self.misses and self.armed:
+            self.state.end_life(f"its status server did not answer {self.misses} times", now)
