@@ -143,3 +143,18 @@ def sidecar(run_sidecar: Callable[..., Sidecar]) -> Sidecar:
     return run_sidecar(
         {"DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": '["generate"]', "DYN_SIDECAR_DRAIN_SECONDS": "0"}
     )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-long",
+        action="store_true",
+        default=False,
+        help="run the long versions (minutes) of the reliability suite (tests/reliability)",
+    )
+
+
+@pytest.fixture(scope="session")
+def run_long(request: pytest.FixtureRequest) -> bool:
+    """True with `--run-long`: reliability tests choose their long parameters."""
+    return bool(request.config.getoption("--run-long"))
