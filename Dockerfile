@@ -19,7 +19,7 @@ COPY sidecar/ ./sidecar/
 # The venv keeps its compiled bytecode: the root filesystem is read-only at run time.
 RUN --mount=type=secret,id=pip-cert \
     if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
- && /opt/venv/bin/pip install --no-cache-dir . \
+ && /opt/venv/bin/pip install --no-cache-dir ".[kube]" \
  && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 # Final stage: the same base, the venv, a non-root user; no build tools, sources or caches.

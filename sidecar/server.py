@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import uvicorn
 
-from sidecar import statefile
+from sidecar import kube, statefile
 from sidecar.active_checks import ActiveChecks
 from sidecar.control_app import build_control_app
 from sidecar.health import HealthState, Subject, Transition
@@ -29,7 +30,7 @@ from sidecar.heartbeat import HeartbeatWatch
 from sidecar.metrics import ProbeMetrics
 from sidecar.notify import NotifyListener, NotifySocketError
 from sidecar.probe_app import build_probe_app, probe_paths
-from sidecar.settings import Kube, Settings
+from sidecar.settings import Settings
 from sidecar.statefile import StateFileWriter
 from sidecar.verdict import Verdicts
 from sidecar.watch import ProcessWatch, identify
@@ -39,6 +40,7 @@ logger = logging.getLogger("dynamo_health_sidecar")
 SOCKET_MODE = 0o660
 # Time for a held session to see the end of its response before connections are cut.
 GRACEFUL_SECONDS = 1
+KUBE_FLUSH_SECONDS = 2.0
 
 
 class StartupError(Exception):
@@ -194,6 +196,28 @@ def watch_process(metrics: ProbeMetrics, watch: ProcessWatch) -> None:
     )
 
 
+KUBE_COUNTERS = (
+    ("events_created", "events_created", "Events created on the pod."),
+    ("events_updated", "events_updated", "Events whose count was raised instead of another."),
+    ("condition_patches", "condition_patches", "Patches of the pod condition."),
+    ("failures", "failures", "Calls to the API server that failed."),
+    ("dropped", "dropped", "Reports dropped because the queue was full (oldest first)."),
+    ("filtered", "filtered_events", "Events held back by the spam filter, as the kubelet's."),
+    ("abandoned", "abandoned_events", "Events given up after their retries."),
+)
+
+
+def watch_kube(metrics: ProbeMetrics, reporter: kube.KubeReporter) -> None:
+    for field, name, documentation in KUBE_COUNTERS:
+        read = functools.partial(getattr, reporter, field)
+        metrics.add_counter(f"dynamo_sidecar_kube_{name}", documentation, read)
+    metrics.add_gauge(
+        "dynamo_sidecar_kube_queue_length",
+        "Reports waiting to be sent to the API server.",
+        lambda: reporter.queue_length,
+    )
+
+
 def watch_notify(metrics: ProbeMetrics, notify: NotifyListener) -> None:
     metrics.add_counter(
         "dynamo_sidecar_notify_datagrams",
@@ -275,6 +299,16 @@ async def serve(settings: Settings) -> int:
     verdicts = Verdicts(state)
     metrics = ProbeMetrics(state, probe_paths(settings), clock=clock)
     stopping = asyncio.Event()
+    reporter = None
+    cluster = settings.kube_cluster
+    if cluster is not None:
+        assert cluster.pod is not None
+        reporter = kube.KubeReporter(
+            cluster.pod, kube.official_api(cluster), settings.kube_condition
+        )
+        # Before the state is restored, so its restoration and condition are reported too.
+        reporter.attach(state)
+        watch_kube(metrics, reporter)
 
     probe_sock = bind_probe_socket(settings.host, settings.port)
     try:
@@ -317,8 +351,19 @@ async def serve(settings: Settings) -> int:
     watchers = start_watchers(settings, state, watch, stopping, clock)
     watchers += [asyncio.create_task(loop) for loop in checks.loops(stopping)]
     logger.info(describe_start(settings, probe_sock, settings.socket_path))
-    if settings.kube is Kube.AUTO and settings.in_cluster:
-        logger.info("Kubernetes reporting is not in this version; events and conditions are off")
+    if reporter is not None:
+        reporter.start()
+        logger.info(
+            "reporting to Kubernetes: events on pod %s/%s and its condition %s",
+            reporter.pod.namespace,
+            reporter.pod.name,
+            reporter.condition_type,
+        )
+    elif settings.kube_off_reason:
+        logger.info(
+            "Kubernetes reporting is off (DYN_SIDECAR_KUBE=auto): %s",
+            settings.kube_off_reason,
+        )
 
     stopped = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopped, *servers], return_when=asyncio.FIRST_COMPLETED)
@@ -339,6 +384,9 @@ async def serve(settings: Settings) -> int:
     await asyncio.gather(*servers, return_exceptions=True)
     if notify is not None:
         notify.close()
+    if reporter is not None:
+        # The drain's last events go out if the API answers within this.
+        await reporter.aclose(KUBE_FLUSH_SECONDS)
     with contextlib.suppress(OSError):
         if os.stat(settings.socket_path).st_ino == control_inode:
             settings.socket_path.unlink()

@@ -9,6 +9,7 @@ half-configured (contract section 1).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import json
@@ -21,6 +22,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from sidecar.health import Liveness, Status
+from sidecar.kube import (
+    DEFAULT_CONDITION,
+    DEFAULT_SERVICE_ACCOUNT_DIR,
+    InCluster,
+    check_api_url,
+    check_condition_type,
+    check_service_account_dir,
+    find_in_cluster,
+    refusal,
+)
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 NAME_RULE = "1 to 128 characters of A-Z a-z 0-9 _ . -"
@@ -83,6 +94,13 @@ class Settings:
     kube: Kube = Kube.AUTO
     log_format: LogFormat = LogFormat.TEXT
     log_level: LogLevel = LogLevel.INFO
+    kube_api_url: str | None = None
+    kube_service_account_dir: Path = DEFAULT_SERVICE_ACCOUNT_DIR
+    kube_condition: str = DEFAULT_CONDITION
+    # The pod and API server reporting talks to: set exactly when reporting runs.
+    kube_cluster: InCluster | None = None
+    # Why `auto` left reporting off inside a cluster (what it found missing).
+    kube_off_reason: str = ""
     heartbeat_timeout: float | None = None
     upstream_status_url: str | None = None
     upstream_interval: float = 2.0
@@ -255,6 +273,24 @@ OPTIONS: tuple[Option, ...] = (
         "--canary-failures",
         "failed canaries in a row before acting (default 3)",
     ),
+    Option(
+        "kube_api_url",
+        "DYN_SIDECAR_KUBE_API_URL",
+        "--kube-api-url",
+        "the API server (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)",
+    ),
+    Option(
+        "kube_service_account_dir",
+        "DYN_SIDECAR_KUBE_SERVICE_ACCOUNT_DIR",
+        "--kube-service-account-dir",
+        f"the service account's token and ca.crt (default {DEFAULT_SERVICE_ACCOUNT_DIR})",
+    ),
+    Option(
+        "kube_condition",
+        "DYN_SIDECAR_KUBE_CONDITION",
+        "--kube-condition",
+        f"the pod condition the sidecar sets (default {DEFAULT_CONDITION})",
+    ),
     Option("log_format", "DYN_SIDECAR_LOG_FORMAT", "--log-format", "text (default) or json"),
     Option(
         "log_level", "DYN_SIDECAR_LOG_LEVEL", "--log-level", "debug, info (default), warning, error"
@@ -301,12 +337,15 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
             "the notify socket must differ from the worker's socket and the state file",
         )
     _check_active_checks(settings, raw)
-    if settings.kube is Kube.ON:
-        source, text = raw["kube"]
-        raise SettingsError(
-            f"{source}={text!r} is not supported: Kubernetes reporting is not in this version "
-            "of the sidecar; use off or auto"
-        )
+    if settings.kube is not Kube.OFF:
+        found = find_in_cluster(environ, settings.kube_service_account_dir, settings.kube_api_url)
+        if settings.kube is Kube.ON and not found.complete:
+            source, text = raw["kube"]
+            raise SettingsError(refusal(source, text, found))
+        if found.complete:
+            settings = dataclasses.replace(settings, kube_cluster=found)
+        elif settings.in_cluster:
+            settings = dataclasses.replace(settings, kube_off_reason=found.describe_missing())
     return settings
 
 
@@ -488,6 +527,18 @@ def _parse_expect(source: str, text: str) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
+def _checked(check: Callable[[str, str], str | None]) -> Callable[[str, str], str]:
+    """A parser from one of `kube`'s validators, which return the error line or None."""
+
+    def parse(source: str, text: str) -> str:
+        error = check(source, text.strip())
+        if error is not None:
+            raise SettingsError(error)
+        return text.strip()
+
+    return parse
+
+
 def _enum_parser(kind: type[E]) -> Callable[[str, str], E]:
     allowed = " or ".join(", ".join(m.value for m in kind).rsplit(", ", 1))
 
@@ -528,6 +579,11 @@ PARSERS: Mapping[str, Callable[[str, str], object]] = {
     "canary_wait": _parse_seconds,
     "canary_endpoint": _parse_name,
     "canary_failures": _parse_count,
+    "kube_api_url": lambda source, text: _checked(check_api_url)(source, text).rstrip("/"),
+    "kube_service_account_dir": lambda source, text: Path(
+        _checked(check_service_account_dir)(source, text)
+    ),
+    "kube_condition": _checked(check_condition_type),
     "log_format": _enum_parser(LogFormat),
     "log_level": _enum_parser(LogLevel),
 }

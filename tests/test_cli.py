@@ -118,8 +118,12 @@ def assert_one_line_error(
         (
             "DYN_SIDECAR_KUBE",
             "on",
-            "DYN_SIDECAR_KUBE='on' is not supported: Kubernetes reporting is not in this "
-            "version of the sidecar; use off or auto",
+            "DYN_SIDECAR_KUBE='on' needs the pod's Downward API variables, its service account "
+            "and the kubernetes package, but POD_NAME, POD_NAMESPACE, POD_UID, "
+            "KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, "
+            "/var/run/secrets/kubernetes.io/serviceaccount/token and "
+            "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt are missing: set them (the "
+            "chart does with sidecar.kubeReporting.enabled) or use auto or off",
         ),
         (
             "DYN_SIDECAR_WATCH_PROCESS",

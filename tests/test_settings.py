@@ -57,7 +57,11 @@ EXPECT_RULE = "is invalid: expected status codes from 100 to 599, such as 200-29
 TIMEOUT_RULE = "is invalid: expected a number of seconds above 0 and up to 86400, such as 30 or 2.5"
 SECONDS_RULE = "is invalid: expected a number of seconds from 0 to 86400, such as 5 or 2.5"
 KUBE_ON = (
-    "is not supported: Kubernetes reporting is not in this version of the sidecar; use off or auto"
+    "needs the pod's Downward API variables, its service account and the kubernetes package, "
+    "but POD_NAME, POD_NAMESPACE, POD_UID, KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, "
+    "/var/run/secrets/kubernetes.io/serviceaccount/token and "
+    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt are missing: set them (the chart does "
+    "with sidecar.kubeReporting.enabled) or use auto or off"
 )
 
 
@@ -297,6 +301,15 @@ GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
         ("health", Liveness.HEALTH),
         ("HEALTH", Liveness.HEALTH),
         (" Started ", Liveness.STARTED),
+    ],
+    "DYN_SIDECAR_KUBE_API_URL": [
+        ("https://10.96.0.1:443", "https://10.96.0.1:443"),
+        ("http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
+    ],
+    "DYN_SIDECAR_KUBE_SERVICE_ACCOUNT_DIR": [("/var/run/sa", Path("/var/run/sa"))],
+    "DYN_SIDECAR_KUBE_CONDITION": [
+        ("example.com/worker-ready", "example.com/worker-ready"),
+        ("WorkerReady", "WorkerReady"),
     ],
     "DYN_SIDECAR_KUBE": [
         ("off", Kube.OFF),
@@ -576,6 +589,33 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
         ("ready", "is invalid: expected started or health"),
         ("always", "is invalid: expected started or health"),
     ],
+    "DYN_SIDECAR_KUBE_API_URL": [
+        (
+            "ftp://x",
+            "is invalid: it must be the http:// or https:// URL of the API server, with a host "
+            "and no path, query or credentials, such as https://10.96.0.1:443",
+        ),
+    ],
+    "DYN_SIDECAR_KUBE_SERVICE_ACCOUNT_DIR": [
+        (
+            "sa",
+            "is invalid: it must be the absolute path of the directory holding the service "
+            "account's token and ca.crt, such as /var/run/secrets/kubernetes.io/serviceaccount",
+        ),
+    ],
+    "DYN_SIDECAR_KUBE_CONDITION": [
+        (
+            "Ready",
+            "is invalid: that condition is the kubelet's own; use a type of your own domain, "
+            "such as dynamo-health-sidecar.io/worker-ready",
+        ),
+        (
+            "Bad/x",
+            "is invalid: it must be a Kubernetes qualified name: an optional DNS subdomain and "
+            "'/', then 1 to 63 letters, digits, '-', '_' or '.' that begin and end with a letter "
+            "or digit, such as dynamo-health-sidecar.io/worker-ready",
+        ),
+    ],
     "DYN_SIDECAR_KUBE": [
         ("on", KUBE_ON),
         ("ON", KUBE_ON),
@@ -705,6 +745,9 @@ OVERRIDES: dict[str, tuple[str, str, object]] = {
     "DYN_SIDECAR_DRAIN_SECONDS": ("1", "2.5", 2.5),
     "DYN_SIDECAR_LIVENESS": ("started", "health", Liveness.HEALTH),
     "DYN_SIDECAR_KUBE": ("auto", "off", Kube.OFF),
+    "DYN_SIDECAR_KUBE_API_URL": ("https://a:443", "http://b:8080", "http://b:8080"),
+    "DYN_SIDECAR_KUBE_SERVICE_ACCOUNT_DIR": ("/a", "/b", Path("/b")),
+    "DYN_SIDECAR_KUBE_CONDITION": ("x.io/a", "x.io/b", "x.io/b"),
     "DYN_SIDECAR_LOG_FORMAT": ("text", "json", LogFormat.JSON),
     "DYN_SIDECAR_LOG_LEVEL": ("info", "debug", LogLevel.DEBUG),
     "DYN_SIDECAR_HEARTBEAT_TIMEOUT": ("30", "2.5", 2.5),

@@ -107,7 +107,7 @@ def test_dockerfile_installs_into_a_venv_without_pip_cache():
     runs = " ".join(c.value[0] for c in only("RUN", build))
     # python3: the python images have it, and so does a plain Debian base (tests/container).
     assert "python3 -m venv /opt/venv" in runs
-    assert "/opt/venv/bin/pip install --no-cache-dir ." in runs
+    assert '/opt/venv/bin/pip install --no-cache-dir ".[kube]"' in runs
 
 
 def test_dockerfile_takes_pip_ca_bundle_only_as_a_build_secret():

@@ -120,6 +120,19 @@ SCENARIOS = {
     },
     "long-names": {"fullnameOverride": "x" * 63, "sidecar": {"kubeReporting": {"enabled": True}}},
     "readme-fault-example": readme_example(),
+    "active-checks": {
+        "system": {"endpoints": ["generate"]},
+        "sidecar": {
+            "upstream": {"enabled": True, "url": "http://127.0.0.1:8081/health"},
+            "canary": {
+                "enabled": True,
+                "url": "http://127.0.0.1:8000/v1/completions",
+                "method": "POST",
+                "body": '{"model": "m", "prompt": "hi", "max_tokens": 1}',
+            },
+        },
+        "worker": {"ports": [{"name": "http", "containerPort": 8000}]},
+    },
 }
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -609,9 +609,9 @@ def test_notes_warn_when_liveness_runs_without_startup(chart):
     )
 
 
-def test_notes_warn_about_values_of_a_later_release(chart):
+def test_notes_say_where_the_events_are_when_reporting_is_on(chart):
     text = notes(chart, {"sidecar": {"kubeReporting": {"enabled": True}}})
-    assert "arriving with a later release of the sidecar: sidecar.kubeReporting." in text
+    assert "reports events and the condition dynamo-health-sidecar.io/worker-ready" in text
 
 
 def test_notes_do_not_warn_about_the_heartbeat(chart):

@@ -132,7 +132,43 @@ typed once. Variables of features this release does not have are set only when e
 - name: DYN_SIDECAR_STATE_FILE
   value: {{ .Values.sidecar.stateFile.path | quote }}
 {{- end }}
+{{- with .Values.sidecar.upstream }}
+{{- if .enabled }}
+- name: DYN_SIDECAR_UPSTREAM_STATUS_URL
+  value: {{ .url | quote }}
+- name: DYN_SIDECAR_UPSTREAM_INTERVAL
+  value: {{ .intervalSeconds | toString | quote }}
+- name: DYN_SIDECAR_UPSTREAM_MISSES
+  value: {{ .misses | int | toString | quote }}
+{{- end }}
+{{- end }}
+{{- with .Values.sidecar.canary }}
+{{- if .enabled }}
+- name: DYN_SIDECAR_CANARY_URL
+  value: {{ .url | quote }}
+- name: DYN_SIDECAR_CANARY_METHOD
+  value: {{ .method | quote }}
+{{- if trim .body }}
+- name: DYN_SIDECAR_CANARY_BODY
+  value: {{ .body | quote }}
+{{- end }}
+- name: DYN_SIDECAR_CANARY_EXPECT
+  value: {{ .expect | quote }}
+- name: DYN_SIDECAR_CANARY_TIMEOUT
+  value: {{ .timeoutSeconds | toString | quote }}
+- name: DYN_SIDECAR_CANARY_WAIT
+  value: {{ .waitSeconds | toString | quote }}
+{{- with .endpoint }}
+- name: DYN_SIDECAR_CANARY_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+- name: DYN_SIDECAR_CANARY_FAILURES
+  value: {{ .failures | int | toString | quote }}
+{{- end }}
+{{- end }}
 {{- if .Values.sidecar.kubeReporting.enabled }}
+- name: DYN_SIDECAR_KUBE_CONDITION
+  value: {{ .Values.sidecar.kubeReporting.conditionType | quote }}
 - name: POD_NAME
   valueFrom:
     fieldRef:
@@ -192,6 +228,45 @@ port number: the named port is declared on the worker container (see portName).
 {{- end }}
 
 {{/*
+The host of an http(s) URL that values.schema.json accepted (IPv6 in brackets, no user info).
+*/}}
+{{- define "dynamo-health-sidecar.urlHost" -}}
+{{- regexReplaceAll "^https?://([^@/?#]*@)?(\\[[^\\]]*\\]|[^:/?#]*)(:[0-9]*)?([/?#].*)?$" . "${2}" }}
+{{- end }}
+
+{{/*
+The port of an http(s) URL that values.schema.json accepted: the explicit one, else 80 or 443.
+*/}}
+{{- define "dynamo-health-sidecar.urlPort" -}}
+{{- $port := regexReplaceAll "^https?://([^@/?#]*@)?(\\[[^\\]]*\\]|[^:/?#]*)(:([0-9]*))?([/?#].*)?$" . "${4}" }}
+{{- if $port }}{{ $port | int }}{{ else if hasPrefix "https:" . }}443{{ else }}80{{ end }}
+{{- end }}
+
+{{/*
+The path of an http(s) URL that values.schema.json accepted; empty: /.
+*/}}
+{{- define "dynamo-health-sidecar.urlPath" -}}
+{{- regexReplaceAll "^https?://[^/?#]*([^?#]*).*$" . "${1}" | default "/" }}
+{{- end }}
+
+{{/*
+The worker's environment for mirror mode: its own Dynamo status server on the inner port of
+sidecar.upstream.url (and on that URL's path when it is not Dynamo's default /health).
+*/}}
+{{- define "dynamo-health-sidecar.upstreamWorkerEnv" -}}
+{{- $url := .Values.sidecar.upstream.url }}
+- name: DYN_SYSTEM_ENABLED
+  value: "true"
+- name: DYN_SYSTEM_PORT
+  value: {{ include "dynamo-health-sidecar.urlPort" $url | quote }}
+{{- $path := include "dynamo-health-sidecar.urlPath" $url }}
+{{- if ne $path "/health" }}
+- name: DYN_SYSTEM_HEALTH_PATH
+  value: {{ $path | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
 Every mistake in the values that the schema cannot see, gathered and reported at once.
 */}}
 {{- define "dynamo-health-sidecar.validate" -}}
@@ -236,6 +311,60 @@ Every mistake in the values that the schema cannot see, gathered and reported at
 {{- end }}
 {{- if and $v.service.enabled (kindIs "string" $v.service.targetPort) (not (has $v.service.targetPort $portNames)) }}
 {{- $messages = append $messages (printf "service.targetPort %s is not the name of a port in worker.ports (names: %s)" $v.service.targetPort (join ", " $portNames | default "none")) }}
+{{- end }}
+{{- range $key := list "upstream" "canary" }}
+{{- $check := get $v.sidecar $key }}
+{{- if $check.enabled }}
+{{- $port := include "dynamo-health-sidecar.urlPort" $check.url | int }}
+{{- if or (lt $port 1) (gt $port 65535) }}
+{{- $messages = append $messages (printf "sidecar.%s.url %s has port %d: expected a port from 1 to 65535" $key $check.url $port) }}
+{{- end }}
+{{- if eq $v.sidecar.mode "frontend" }}
+{{- $messages = append $messages (printf "sidecar.%s.enabled needs sidecar.mode worker: active checks watch a worker, not a frontend" $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $v.sidecar.upstream }}
+{{- if .enabled }}
+{{- $host := include "dynamo-health-sidecar.urlHost" .url }}
+{{- $port := include "dynamo-health-sidecar.urlPort" .url | int }}
+{{- if not (has $host (list "127.0.0.1" "localhost" "[::1]")) }}
+{{- $messages = append $messages (printf "sidecar.upstream.url %s must name the pod itself (127.0.0.1, localhost or [::1]): the chart runs the worker's status server on its port" .url) }}
+{{- end }}
+{{- if eq $port ($v.system.port | int) }}
+{{- $messages = append $messages (printf "sidecar.upstream.url %s uses port %d, which is system.port, the sidecar's probe port: give the worker's status server another port" .url $port) }}
+{{- end }}
+{{- range $v.worker.env }}
+{{- if has .name (list "DYN_SYSTEM_ENABLED" "DYN_SYSTEM_PORT" "DYN_SYSTEM_HEALTH_PATH") }}
+{{- $messages = append $messages (printf "worker.env sets %s, which sidecar.upstream.enabled sets from sidecar.upstream.url: remove it" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $v.sidecar.canary }}
+{{- if .enabled }}
+{{- if and (not .endpoint) (not $v.system.endpoints) }}
+{{- $messages = append $messages "sidecar.canary.endpoint and system.endpoints are both empty: a canary needs an endpoint to hold notready; set one of them" }}
+{{- end }}
+{{- if trim .body }}
+{{- if eq .method "GET" }}
+{{- $messages = append $messages "sidecar.canary.body needs sidecar.canary.method POST or PUT: a GET has no body" }}
+{{- end }}
+{{- $error := get (fromJson .body) "Error" }}
+{{- if and $error (not (contains "cannot unmarshal" $error)) }}
+{{- $messages = append $messages (printf "sidecar.canary.body is not JSON (%s): %s" $error .body) }}
+{{- end }}
+{{- end }}
+{{- range $part := splitList "," .expect }}
+{{- $codes := regexFindAll "[0-9]{3}" $part -1 }}
+{{- if and (eq (len $codes) 2) (lt (index $codes 1 | int) (index $codes 0 | int)) }}
+{{- $messages = append $messages (printf "sidecar.canary.expect %s has the range %s: its end must not be below its start" $v.sidecar.canary.expect (trim $part)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and $v.sidecar.kubeReporting.readinessGate (not $v.sidecar.kubeReporting.enabled) }}
+{{- $messages = append $messages "sidecar.kubeReporting.readinessGate needs sidecar.kubeReporting.enabled: without the sidecar's reporting nothing sets the condition, and the pod would never be Ready" }}
 {{- end }}
 {{- if $messages }}
 {{- fail (printf "\n\nthe values of dynamo-health-sidecar are invalid:\n- %s" (join "\n- " $messages)) }}
