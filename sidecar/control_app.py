@@ -8,6 +8,7 @@ changes nothing (contract section 4). Errors are JSON `{"error": ...}` with 400 
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import json
 import re
 import time
@@ -29,6 +30,8 @@ JSON = "application/json"
 MAX_BODY = 64 * 1024
 MAX_INSTANCE_ID = 2**64 - 1
 MAX_PID = 2**31 - 1
+# The socket API's own description (kept in the repository, checked by schemathesis).
+OPENAPI = (importlib.resources.files("sidecar") / "openapi.json").read_bytes()
 INSTANCE_ID_RULE = f"expected an integer from 0 to {MAX_INSTANCE_ID}"
 INSTANCE_FIELDS = ("namespace", "component", "endpoint", "instance_id", "transport")
 INSTANCE_OPTIONAL = ("model",)
@@ -324,6 +327,9 @@ def build_control_app(
             answer = verdicts.health(clock())
         return Response(answer.body, media_type=JSON)
 
+    async def get_openapi(request: Request) -> Response:
+        return Response(OPENAPI, media_type=JSON)
+
     async def get_worker(request: Request) -> Response:
         return json_response({**worker_view(state, clock(), process_info()), **checks_info()})
 
@@ -353,6 +359,7 @@ def build_control_app(
         Route("/v1/session", SessionEndpoint(state, clock, stopping), methods=["POST"]),
         Route("/v1/status", get_status, methods=["GET"]),
         Route("/v1/worker", get_worker, methods=["GET"]),
+        Route("/v1/openapi.json", get_openapi, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: refuse, ApiError: refuse})
     # A redirect is not an answer a worker's client expects: `/v1/status/` is simply unknown.

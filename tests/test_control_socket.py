@@ -993,3 +993,12 @@ def test_probe_port_write_is_refused_and_changes_nothing(
 def test_control_trailing_slash_is_404(shared_worker: Sidecar, method: str, path: str) -> None:
     kwargs = {"json": {"status": "ready"}} if method == "PUT" else {}
     assert_refused(shared_worker, method, path, 404, f"no such path: {path}", **kwargs)
+
+
+def test_openapi_document_is_served_as_kept_in_the_repository(sidecar: Sidecar) -> None:
+    response = control(sidecar, "GET", "/v1/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == JSON_TYPE
+    kept = (Path(__file__).parents[1] / "sidecar" / "openapi.json").read_bytes()
+    assert response.content == kept
+    assert set(response.json()["paths"]) >= {"/v1/endpoints/{name}", "/v1/session", "/v1/worker"}
