@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -61,10 +61,14 @@ async def read_json(request: Request) -> Any:
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
         raise ApiError(413, f"the body has {declared} bytes; the limit is {MAX_BODY}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise ApiError(413, f"the body is over the limit of {MAX_BODY} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise ApiError(413, f"the body is over the limit of {MAX_BODY} bytes")
+    except ClientDisconnect:
+        # Nobody is left to read an answer; this is the client's doing, not an error of ours.
+        raise ApiError(400, "the client hung up before its body ended") from None
     if not body.strip():
         return None
     try:

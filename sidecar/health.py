@@ -269,6 +269,9 @@ class HealthState:
 
     def set_endpoint(self, name: str, status: Status, now: float) -> EndpointRecord:
         """The worker serves (or stops serving) an endpoint."""
+        if self.alive and name not in self.endpoints and len(self.endpoints) >= MAX_ENDPOINTS:
+            # Refused before it counts as a signal: a refused request changes nothing.
+            raise CapacityError(f"the sidecar keeps at most {MAX_ENDPOINTS} endpoints")
         self._signal(now)
         return self._say(name, status, now)
 
@@ -335,10 +338,10 @@ class HealthState:
 
     def register_instance(self, instance: Instance, now: float) -> bool:
         """Add (or replace) an instance; returns whether it was new."""
-        self._signal(now)
         is_new = instance.key not in self.instances
         if is_new and len(self.instances) >= MAX_INSTANCES:
             raise CapacityError(f"the sidecar keeps at most {MAX_INSTANCES} instances")
+        self._signal(now)
         self.instances[instance.key] = instance
         self._touch()
         return is_new

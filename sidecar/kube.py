@@ -169,11 +169,19 @@ def find_in_cluster(
                 url = f"https://{shown}:{int(port)}"
     token_path = service_account_dir / "token"
     ca_path = service_account_dir / "ca.crt"
-    if not token_path.is_file():
+    if not _is_file(token_path):
         missing.append(str(token_path))
-    if (url is None or url.startswith("https:")) and not ca_path.is_file():
+    if (url is None or url.startswith("https:")) and not _is_file(ca_path):
         missing.append(str(ca_path))
     return InCluster(pod, url, token_path, ca_path, tuple(missing))
+
+
+def _is_file(path: Path) -> bool:
+    """Whether the file is there; a path the system cannot even look up (too long) is not."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def refusal(source: str, text: str, found: InCluster) -> str:

@@ -27,6 +27,7 @@ from sidecar.active_checks import ActiveChecks
 from sidecar.control_app import build_control_app
 from sidecar.health import HealthState, Subject, Transition
 from sidecar.heartbeat import HeartbeatWatch
+from sidecar.http_limits import BoundedHttpToolsProtocol
 from sidecar.metrics import ProbeMetrics
 from sidecar.notify import NotifyListener, NotifySocketError
 from sidecar.probe_app import build_probe_app, probe_paths
@@ -271,7 +272,7 @@ def uvicorn_config(app: object) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         loop="none",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,
         lifespan="off",
         log_config=None,
         access_log=False,

@@ -427,7 +427,8 @@ def _parse_endpoint_list(source: str, text: str) -> tuple[str, ...]:
 
 
 def _parse_socket(source: str, text: str) -> Path:
-    if "\0" in text or text.endswith("/") or not text.startswith("/"):
+    name = Path(text).name
+    if "\0" in text or text.endswith("/") or not text.startswith("/") or name in ("", ".", ".."):
         raise _invalid(source, text, "expected an absolute file path for the Unix socket")
     if len(os.fsencode(text)) > SUN_PATH_MAX:
         raise _invalid(source, text, f"a Unix socket path is at most {SUN_PATH_MAX} bytes")

@@ -1,0 +1,112 @@
+"""Coverage-guided fuzzing (atheris, libFuzzer) of the sidecar's pure parsers.
+
+`python atheris_targets.py TARGET [libFuzzer flags]`, run by test_atheris.py. Each target
+accepts any bytes; the only allowed outcomes are a value or the parser's own refusal.
+Anything else (another exception, a hang) is a crash that libFuzzer reports and saves.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+
+import atheris
+
+with atheris.instrument_imports(include=["sidecar"]):
+    from sidecar import control_app, notify, settings, statefile
+
+
+def datagram(data: bytes) -> None:
+    try:
+        parsed = notify.parse_datagram(data)
+    except notify.MalformedDatagram:
+        return
+    assert isinstance(parsed, dict)
+
+
+def state_file(data: bytes) -> None:
+    try:
+        statefile.decode(data)
+    except statefile.CorruptStateFile:
+        return
+
+
+VARIABLES = [option.variable for option in settings.OPTIONS if option.variable]
+URL_VARIABLES = {"DYN_SIDECAR_UPSTREAM_STATUS_URL", "DYN_SIDECAR_CANARY_URL"}
+
+
+def setting(data: bytes) -> None:
+    if not data:
+        return
+    variable = VARIABLES[data[0] % len(VARIABLES)]
+    text = data[1:].decode("utf-8", "surrogateescape")
+    try:
+        settings.load({variable: text})
+    except settings.SettingsError as exc:
+        assert "\n" not in str(exc)
+    except (ValueError, OSError) as exc:
+        if not known(variable, exc):
+            raise
+
+
+def known(variable: str, exc: Exception) -> bool:
+    """Crashes already found and pinned by xfail tests in test_fuzz.py; any other is new.
+
+    - test_fuzz_settings_socket_path_of_a_dot_is_refused_in_one_line: a socket path of `/.`
+      reaches pathlib's with_name("") (ValueError);
+    - test_fuzz_settings_long_service_account_dir_is_refused_in_one_line: a service account
+      directory with a name over 255 bytes is stat()ed while loading (OSError ENAMETOOLONG);
+    - test_fuzz_settings_url_with_a_stray_bracket_is_refused_in_one_line: urlsplit's
+      ValueError for a `[` or `]` out of place escapes the URL settings.
+    """
+    if variable == "DYN_SIDECAR_SOCKET" and isinstance(exc, ValueError):
+        return "has an empty name" in str(exc)
+    if variable in URL_VARIABLES and isinstance(exc, ValueError):
+        return "Invalid IPv6 URL" in str(exc)
+    if variable == "DYN_SIDECAR_KUBE_SERVICE_ACCOUNT_DIR" and isinstance(exc, OSError):
+        return exc.errno == errno.ENAMETOOLONG
+    return False
+
+
+def socket_body(data: bytes) -> None:
+    """What the worker socket's routes do with a body, past the 64 KiB check."""
+    if len(data) > control_app.MAX_BODY:
+        return
+    try:
+        body = (
+            None
+            if not data.strip()
+            else json.loads(data, parse_constant=control_app._refuse_constant)
+        )
+    except (ValueError, RecursionError):
+        return  # 400
+    for check in (
+        control_app.parse_instance,
+        control_app.check_pid,
+        lambda value: control_app.check_status(
+            control_app.require_object(value, ("status",)).get("status")
+        ),
+    ):
+        try:
+            check(body)
+        except control_app.ApiError as exc:
+            assert exc.status_code == 422 and exc.message
+
+
+TARGETS = {
+    "datagram": datagram,
+    "state_file": state_file,
+    "setting": setting,
+    "socket_body": socket_body,
+}
+
+
+def main() -> None:
+    target = TARGETS[sys.argv[1]]
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
