@@ -478,11 +478,11 @@ def _parse_name(source: str, text: str) -> str:
 
 def _parse_url(source: str, text: str) -> str:
     value = text.strip()
-    parts = urllib.parse.urlsplit(value)
     try:
+        parts = urllib.parse.urlsplit(value)
         port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError:
-        port_ok = False
+    except ValueError:  # a bracket out of place, or a port that is not a number
+        raise _invalid(source, text, "expected an http:// or https:// URL with a host") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise _invalid(source, text, "expected an http:// or https:// URL with a host")
     return value

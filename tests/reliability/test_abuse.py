@@ -7,12 +7,13 @@ hang-up. Held: every probe answered within 10 ms at the 99th percentile, file de
 and memory bounded by what the clients hold, no crash, and everything back to normal once
 the clients are gone.
 
-What uvicorn (httptools) does with such clients, measured here and written in README.md:
-- a connection that has not sent a whole request is never closed by the sidecar; only
-  one that completed a request is, 5 s after its answer (`timeout_keep_alive`);
-- a header has no size limit: 1 MiB is answered as any request is, and a header of N MiB
-  makes the sidecar hold about 2 N MiB until the request ends.
-The tests marked xfail below pin the resulting limits.
+What the sidecar does with such clients (sidecar/http_limits.py, since this suite found
+that uvicorn's httptools protocol alone never closed a connection that had not sent a whole
+request head, and held about twice an endless header in memory; see README.md):
+- a connection whose request head has not arrived whole within 3 s is closed, idle or
+  half-sent, and so is a kept-alive one 3 s after its answer;
+- a head over 2 MiB is answered 431 with a JSON error and closed; 1 MiB is answered as any
+  request is.
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ def test_abuse_slow_and_abusive_clients_on_both_sockets(
         "<= 6.5",
     )
     abandoned = log_lines(sc.logs(), "Exception in ASGI application")
-    figure("ERROR tracebacks logged for abandoned bodies", len(abandoned))
+    figure("ERROR tracebacks logged (abandoned bodies)", len(abandoned), "0")
 
     assert probes["errors"] == {}, probes["first_errors"]
     assert latency["p99"] < PROBE_P99_MS, latency
@@ -281,8 +282,8 @@ def test_abuse_slow_and_abusive_clients_on_both_sockets(
     assert fds_after <= fds_before + 2
     assert rss_max <= rss_before + 64
     assert rss_after <= rss_before + 16
-    # The only errors logged are the abandoned bodies (test_abuse_abandoned_body_is_not_an_error).
-    assert all_tracebacks_are_client_disconnects(sc.logs())
+    log = sc.logs()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
 
 
 def peer_closed(sock: socket.socket) -> bool:
@@ -306,15 +307,6 @@ def summarize(values: list[object]) -> str:
         return f"{len(values)} tries, codes {'/'.join(codes)}, ms median {median} max {longest}"
     codes = sorted({str(value) for value in values})
     return f"{len(values)} tries, codes {'/'.join(codes)}"
-
-
-def all_tracebacks_are_client_disconnects(log: str) -> bool:
-    """Every ERROR in the log is uvicorn's report of a client that hung up mid-body."""
-    errors = [line for line in log.splitlines() if " ERROR " in line]
-    tracebacks = log.count("Traceback (most recent call last)")
-    return tracebacks == log.count("starlette.requests.ClientDisconnect") and all(
-        "Exception in ASGI application" in line for line in errors
-    )
 
 
 # -- what uvicorn does with a connection that never completes a request ----------------------
@@ -387,6 +379,26 @@ def test_abuse_idle_connections_are_closed_and_cannot_starve_probes(
     assert ok, f"starved: {starved}; no probe answered within {IDLE_CLOSE_SECONDS:g}s"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: on the worker's socket, a request whose head arrived but whose body never "
+    "ends (Content-Length larger than what is sent) is held open forever: the 3 s limit covers "
+    "the head only, so such clients still hold a descriptor each for as long as they like",
+)
+def test_abuse_unfinished_body_is_closed(sidecar: Sidecar) -> None:
+    sockets = [connect(str(sidecar.socket_path)) for _ in range(3)]
+    with held(sockets):
+        for sock, path in zip(
+            sockets, ("/v1/endpoints/generate", "/v1/session", "/v1/heartbeat"), strict=True
+        ):
+            sock.sendall(
+                unfinished_body("PUT" if "endpoints" in path else "POST", path, 1000, b"{")
+            )
+        wait_for(lambda: all(peer_closed(sock) for sock in sockets), IDLE_CLOSE_SECONDS, 0.2)
+        still_open = [n for n, sock in enumerate(sockets) if not peer_closed(sock)]
+    assert still_open == [], f"open after {IDLE_CLOSE_SECONDS:g}s: {still_open}"
+
+
 def test_abuse_one_mib_header_is_answered_normally(sidecar: Sidecar) -> None:
     """Documented: uvicorn (httptools) takes a 1 MiB header; the request is answered."""
     pid = sidecar.process.pid
@@ -407,6 +419,19 @@ def test_abuse_one_mib_header_is_answered_normally(sidecar: Sidecar) -> None:
     assert code == 200
     assert rss_mib(pid) <= before + 8
     assert probe(sidecar.port, "/health").status_code == 200
+
+
+def test_abuse_head_over_the_limit_is_431(sidecar: Sidecar) -> None:
+    """A request head over 2 MiB gets a JSON 431 and the connection is closed."""
+    for address, path in (
+        (("127.0.0.1", sidecar.port), "/health"),
+        (str(sidecar.socket_path), "/v1/status"),
+    ):
+        code, headers, body = raw_exchange(address, request_with_header("GET", path, 3 * ONE_MIB))
+        assert code == 431 and headers["content-type"] == "application/json"
+        error = json.loads(body)
+        assert set(error) == {"error"} and error["error"]
+    assert probe(sidecar.port, "/sidecar/live").status_code == 200
 
 
 def test_abuse_huge_header_does_not_grow_memory(sidecar: Sidecar, figure: Record) -> None:

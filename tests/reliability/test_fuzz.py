@@ -524,12 +524,6 @@ def test_fuzz_settings_long_service_account_dir_is_refused_in_one_line(how: str)
     assert f"{long_dir}/token" in done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (atheris): DYN_SIDECAR_UPSTREAM_STATUS_URL or DYN_SIDECAR_CANARY_URL with a "
-    "`[` or `]` out of place (e.g. `//]`) makes urllib.parse.urlsplit raise ValueError('Invalid "
-    "IPv6 URL') in settings._parse_url: a traceback and exit 1 instead of exit 2 and one line",
-)
 @pytest.mark.parametrize("variable", ["DYN_SIDECAR_UPSTREAM_STATUS_URL", "DYN_SIDECAR_CANARY_URL"])
 def test_fuzz_settings_url_with_a_stray_bracket_is_refused_in_one_line(variable: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DYN_", "KUBERNETES_"))}
