@@ -1,0 +1,3 @@
+module dynamo-health-sidecar/bench/kubeprobe
+
+go 1.21

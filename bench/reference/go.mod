@@ -1,0 +1,3 @@
+module dynamo-health-sidecar/bench/reference
+
+go 1.21

@@ -1,0 +1,265 @@
+"""The sidecar with one or more changes applied at run time, to measure what each would buy.
+
+    python bench/variants.py VARIANT[,VARIANT...] serve [the sidecar's serve flags]
+
+Nothing in `sidecar/` is edited: each variant patches the imported modules (or blocks an
+import) before `sidecar.cli.main` runs, in this process only. The variants are prototypes
+of the suggestions in bench/README.md, not drop-in code. `hotspots.py` runs them.
+
+- `baseline`: the sidecar as it is.
+- `no-extras`: websockets and watchfiles cannot be imported, as if the sidecar depended on
+  `uvicorn`, `httptools` and `uvloop` rather than `uvicorn[standard]` (with `ws="none"`).
+- `tick-1s`: uvicorn's main loop wakes once a second instead of ten times (the date header
+  still changes every second).
+- `no-proxy-headers`: uvicorn's `proxy_headers=False` (no middleware on every request).
+- `asgi-probe`: the health, ready, live and self-live paths answered by a plain ASGI
+  function (same bytes, codes and metrics); everything else still goes to the Starlette app.
+- `raw-probe`: the probe port served by an asyncio protocol on httptools, one write per
+  answer, without uvicorn (health, ready, live and self-live only: the ceiling of Python).
+- `switch-interval`: `sys.setswitchinterval(0.0005)` (tests whether the state file's
+  writer thread delays the loop through the GIL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Any
+
+VARIANTS = (
+    "baseline",
+    "no-extras",
+    "tick-1s",
+    "no-proxy-headers",
+    "asgi-probe",
+    "raw-probe",
+    "switch-interval",
+)
+
+
+def no_extras() -> None:
+    for name in ("websockets", "watchfiles"):
+        sys.modules[name] = None  # type: ignore[assignment]
+
+
+def tick_1s() -> None:
+    import uvicorn.server
+
+    async def main_loop(self: Any) -> None:
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            # on_tick refreshes the date header when counter % 10 == 0: every tick here.
+            counter = (counter + 10) % 864000
+            await asyncio.sleep(1.0)
+            should_exit = await self.on_tick(counter)
+
+    uvicorn.server.Server.main_loop = main_loop  # type: ignore[method-assign]
+
+
+def no_proxy_headers() -> None:
+    import sidecar.server
+
+    original = sidecar.server.uvicorn_config
+
+    def config(app: object) -> Any:
+        made = original(app)
+        made.proxy_headers = False
+        return made
+
+    sidecar.server.uvicorn_config = config
+
+
+def _fast_paths(settings: Any, verdicts: Any, clock: Callable[[], float]) -> dict[str, Any]:
+    """path -> a function giving the Answer, for the paths a probe uses."""
+    from sidecar.settings import READY_PATH, SELF_LIVE_PATH, Mode
+    from sidecar.verdict import Answer
+
+    self_live = Answer(200, b'{"status":"live"}')
+    if settings.mode is Mode.FRONTEND:
+        health = verdicts.frontend_health
+        live = verdicts.frontend_live
+    else:
+
+        def health() -> Any:
+            return verdicts.health(clock())
+
+        def live() -> Any:
+            return verdicts.live(clock())
+
+    paths = {
+        READY_PATH: health,
+        settings.health_path: health,
+        settings.live_path: live,
+        SELF_LIVE_PATH: lambda: self_live,
+    }
+    return paths
+
+
+def asgi_probe() -> None:
+    import sidecar.server
+
+    original = sidecar.server.build_probe_app  # type: ignore[attr-defined]
+
+    def build(settings: Any, verdicts: Any, metrics: Any, clock: Any = time.monotonic) -> Any:
+        fallback = original(settings, verdicts, metrics, clock)
+        paths = _fast_paths(settings, verdicts, clock)
+        json_type = (b"content-type", b"application/json")
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            answer = paths.get(scope.get("path")) if scope["type"] == "http" else None
+            if answer is None or scope["method"] not in ("GET", "HEAD"):
+                await fallback(scope, receive, send)
+                return
+            result = answer()
+            metrics.count(scope["path"], result.code)
+            length = (b"content-length", str(len(result.body)).encode())
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": result.code,
+                    "headers": [length, json_type],
+                }
+            )
+            await send({"type": "http.response.body", "body": result.body})
+
+        return app
+
+    sidecar.server.build_probe_app = build  # type: ignore[attr-defined]
+
+
+REASONS = {200: b"OK", 503: b"Service Unavailable", 404: b"Not Found", 405: b"Method Not Allowed"}
+
+
+def raw_probe() -> None:
+    import httptools
+
+    import sidecar.server
+
+    original_build = sidecar.server.build_probe_app  # type: ignore[attr-defined]
+    original_server = sidecar.server.Server
+    marker: dict[int, Any] = {}
+
+    def build(settings: Any, verdicts: Any, metrics: Any, clock: Any = time.monotonic) -> Any:
+        app = original_build(settings, verdicts, metrics, clock)
+        marker[id(app)] = (_fast_paths(settings, verdicts, clock), metrics)
+        return app
+
+    date: dict[str, Any] = {"at": 0.0, "value": b""}
+
+    def date_header() -> bytes:
+        now = time.time()
+        if now - date["at"] >= 1.0:
+            date["at"], date["value"] = now, formatdate(now, usegmt=True).encode()
+        return bytes(date["value"])
+
+    class Protocol(asyncio.Protocol):
+        def __init__(self, paths: dict[str, Any], metrics: Any) -> None:
+            self.paths, self.metrics = paths, metrics
+            self.parser = httptools.HttpRequestParser(self)
+            self.url = b""
+            self.transport: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self.transport.close()
+
+        def on_url(self, url: bytes) -> None:
+            self.url += url
+
+        def on_message_complete(self) -> None:
+            path = httptools.parse_url(self.url).path.decode("latin-1")
+            self.url = b""
+            method = self.parser.get_method()
+            answer = self.paths.get(path)
+            if answer is None:
+                code, body = 404, b'{"error":"no such path"}'
+            elif method not in (b"GET", b"HEAD"):
+                code, body = 405, b'{"error":"read-only"}'
+            else:
+                result = answer()
+                code, body = result.code, result.body
+                self.metrics.count(path, code)
+            keep = self.parser.should_keep_alive()
+            head = b"HTTP/1.1 %d %s\r\ndate: %s\r\ncontent-length: %d\r\n" % (
+                code,
+                REASONS.get(code, b""),
+                date_header(),
+                len(body),
+            )
+            head += b"content-type: application/json\r\n"
+            if not keep:
+                head += b"connection: close\r\n"
+            self.transport.write(head + b"\r\n" + (b"" if method == b"HEAD" else body))
+            if not keep:
+                self.transport.close()
+
+    class RawServer:
+        def __init__(self, paths: dict[str, Any], metrics: Any) -> None:
+            self.paths, self.metrics = paths, metrics
+            self.should_exit = False
+
+        async def serve(self, sockets: list[Any]) -> None:
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(
+                lambda: Protocol(self.paths, self.metrics), sock=sockets[0]
+            )
+            while not self.should_exit:
+                await asyncio.sleep(1.0)
+            server.close()
+            await server.wait_closed()
+
+    def make_server(config: Any) -> Any:
+        found = marker.get(id(config.app))
+        if found is None:
+            return original_server(config)
+        return RawServer(*found)
+
+    sidecar.server.build_probe_app = build  # type: ignore[attr-defined]
+    sidecar.server.Server = make_server  # type: ignore[misc,assignment]
+
+
+def switch_interval() -> None:
+    sys.setswitchinterval(0.0005)
+
+
+APPLY = {
+    "baseline": lambda: None,
+    "no-extras": no_extras,
+    "tick-1s": tick_1s,
+    "no-proxy-headers": no_proxy_headers,
+    "asgi-probe": asgi_probe,
+    "raw-probe": raw_probe,
+    "switch-interval": switch_interval,
+}
+
+
+def main() -> int:
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    wanted = [v for v in sys.argv[1].split(",") if v]
+    unknown = [v for v in wanted if v not in APPLY]
+    if unknown:
+        print(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    # no-extras must block the imports before anything imports uvicorn.
+    for name in sorted(wanted, key=lambda v: v != "no-extras"):
+        APPLY[name]()
+    from sidecar.cli import main as sidecar_main
+
+    sys.argv = ["dynamo-health-sidecar", *sys.argv[2:]]
+    result = sidecar_main()
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
