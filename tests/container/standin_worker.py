@@ -7,6 +7,8 @@ STANDIN_HEARTBEAT_SECONDS. It is told what to do by signals (`podman kill --sign
 - SIGUSR1: hang. Heartbeats stop, the process and its session stay (a stuck model server);
   SIGTERM is then ignored, as a hung process would.
 - SIGUSR2: crash, exit code 3 at once.
+- SIGHUP: busy. The main thread spins the CPU for STANDIN_BUSY_SECONDS while heartbeats go on, as
+  a model server saturated with requests; then it is idle again.
 - SIGKILL: die (the kernel closes its session).
 - SIGTERM: shut down gracefully: keep serving (and beating) for STANDIN_TERM_SECONDS, as a model
   server finishes its requests in flight, then exit 0.
@@ -27,9 +29,11 @@ from sidecar.client import Retry, SidecarClient
 LOAD_SECONDS = float(os.environ.get("STANDIN_LOAD_SECONDS", "4"))
 HEARTBEAT_SECONDS = float(os.environ.get("STANDIN_HEARTBEAT_SECONDS", "0.5"))
 TERM_SECONDS = float(os.environ.get("STANDIN_TERM_SECONDS", "7"))
+BUSY_SECONDS = float(os.environ.get("STANDIN_BUSY_SECONDS", "20"))
 
 hang = threading.Event()
 terminate = threading.Event()
+busy = threading.Event()
 
 
 def say(line: str) -> None:
@@ -48,10 +52,20 @@ def on_crash(*_: object) -> None:
     os._exit(3)
 
 
+def spin(seconds: float) -> None:
+    say(f"busy: spinning the CPU for {seconds:g} s, heartbeats go on")
+    until = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < until:
+        count += 1
+    say(f"idle again after {count} spins")
+
+
 def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGUSR1, lambda *_: hang.set())
     signal.signal(signal.SIGUSR2, on_crash)
+    signal.signal(signal.SIGHUP, lambda *_: busy.set())
     client = SidecarClient(retry=Retry.patient())
     say(f"pid {os.getpid()} uid {os.getuid()} gid {os.getgid()} groups {sorted(os.getgroups())}")
     with client.open_session(reconnect=True) as session:
@@ -64,6 +78,9 @@ def main() -> int:
         say("ready: generate")
         with client.start_heartbeats(HEARTBEAT_SECONDS) as beats:
             while not (hang.is_set() or terminate.is_set()):
+                if busy.is_set():
+                    spin(BUSY_SECONDS)
+                    busy.clear()
                 time.sleep(0.05)
             if terminate.is_set():
                 say(f"SIGTERM: finishing requests in flight for {TERM_SECONDS:g} s")
