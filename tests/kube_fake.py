@@ -4,7 +4,9 @@ It serves the calls the sidecar's reporter makes and checks each the way the rea
 so a test that passes here sends what a cluster would accept:
 
 - the route: verb and path against `POST .../events`, `PATCH .../events/{name}`, `GET` and
-  `PATCH .../pods/{name}/status` (another path answers 404, another verb 405);
+  `PATCH .../pods/{name}/status`; any other call is first authorized as RBAC sees it (a list,
+  a delete, a read of the pod itself: 403 unless granted, as the real server answers), then
+  answered 404 (another path) or 405 (another verb), where the real server would serve it;
 - authentication: `Authorization: Bearer <token>` equal to the token file's content, read at
   every request so a rotated token is seen (401 otherwise);
 - authorization: RBAC from the Roles, ClusterRoles and their bindings it is given (the test
@@ -19,11 +21,15 @@ so a test that passes here sends what a cluster would accept:
   created Event, and the object that results from applying a patch to the stored one, validated
   strictly with `kubernetes-validate` against the official schema of the version the test picks
   (422); besides the schema, what the server's validation checks that these calls touch:
-  RFC 3339 times, an Event name that is a DNS subdomain, `involvedObject.namespace` equal to the
+  RFC 3339 times, an Event name usable as a path segment (core/v1 Events need not be DNS
+  subdomains), `involvedObject.namespace` equal to the
   Event's namespace, condition types that are qualified names (the kubelet's own aside), one
   condition per type;
 - state: a second Event of one name is 409 AlreadyExists, a patch of a missing Event 404; a
   status patch changes only `status` (the status strategy drops the rest), as the real one.
+
+Each of these judgements is checked against the real kube-apiserver v1.34.4, with the chart's
+RBAC, by `tests/cluster/test_cluster_kube_fake.py`.
 
 Modes, for the failure tests: `mode = "normal"`, `"slow"` (every answer waits `delay` seconds),
 `"down"` (503 ServiceUnavailable, as behind a load balancer with no server), `"forbidden"`
@@ -87,6 +93,10 @@ SYSTEM_CONDITIONS = {"PodScheduled", "Ready", "Initialized"}
 
 _EVENTS = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/events")
 _EVENT = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/events/(?P<name>[^/]+)")
+_RESOURCE = re.compile(
+    r"/api/v1/namespaces/(?P<ns>[^/]+)/(?P<resource>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?"
+)
+_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _POD_STATUS = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/status")
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -318,6 +328,15 @@ class FakeKubeApi:
     def _route(
         self, method: str, path: str, content_type: str, raw: bytes, record: Request
     ) -> tuple[int, dict[str, Any]]:
+        # As the real server's filters do: authorize the request as RBAC sees it (verb, resource,
+        # subresource, name) before any handler, so a verb or resource the Role does not grant
+        # is 403 even where the fake serves nothing (checked against kube-apiserver v1.34).
+        if match := _RESOURCE.fullmatch(path):
+            name, sub = match["name"] or "", match["sub"] or ""
+            verb = _VERBS.get(method, method.lower())
+            if verb == "get" and not name:
+                verb = "list"
+            self._authorize(verb, match["ns"], match["resource"], sub, name)
         if match := _EVENTS.fullmatch(path):
             ns, name, resource, sub = match["ns"], "", "events", ""
             calls = {"POST": "create"}
@@ -451,9 +470,11 @@ class FakeKubeApi:
 
     def _check_event(self, event: dict[str, Any], ns: str) -> None:
         name = event["metadata"]["name"]
-        if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
+        # core/v1 Events need not have DNS-subdomain names (kube-apiserver v1.34 takes
+        # "Cmp_4"); any object's name must still be usable as one segment of a path.
+        if name in (".", "..") or "/" in name or "%" in name:
             raise Refusal(
-                422, "Invalid", f"metadata.name: Invalid value: {name!r}: not a DNS subdomain"
+                422, "Invalid", f"metadata.name: Invalid value: {name!r}: may not contain '/'"
             )
         involved = event.get("involvedObject") or {}
         if involved.get("namespace") != ns:

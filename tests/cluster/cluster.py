@@ -564,13 +564,14 @@ def start(component: Component) -> None:
     pid_path(component.name).write_text(str(process.pid))
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float, log: str) -> float:
+def wait_until(what: str, check: Callable[[], bool], timeout: float, component: str) -> float:
+    """Poll `check` until true; fail early, naming its log, when `component` has exited."""
     began = time.monotonic()
     while not check():
-        if running_pid(log) is None and log != "node":
-            raise ClusterError(f"{what} exited; see {log_path(log)}: {log_tail(log)}")
+        if running_pid(component) is None:
+            raise ClusterError(f"{what} exited; see {log_path(component)}: {log_tail(component)}")
         if time.monotonic() - began > timeout:
-            raise ClusterError(f"{what} not ready after {timeout:g}s; see {log_path(log)}")
+            raise ClusterError(f"{what} not ready after {timeout:g}s; see {log_path(component)}")
         time.sleep(0.25)
     return time.monotonic() - began
 
@@ -870,7 +871,16 @@ def down() -> list[str]:
         with contextlib.suppress(OSError):
             cgroup.rmdir()
     restore_sysctls()
-    for sub in ("etcd", "kubelet", "kubelet-pki", "containerd", "cni/ipam", "pod-logs", "pids"):
+    for sub in (
+        "etcd",
+        "kubelet",
+        "kubelet-pki",
+        "containerd",
+        "runc",
+        "cni/ipam",
+        "pod-logs",
+        "pids",
+    ):
         shutil.rmtree(state_root() / sub, ignore_errors=True)
     (state_root() / "containerd.sock").unlink(missing_ok=True)
     return stopped

@@ -11,64 +11,25 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Any
 
 import pytest
 
 from cluster.workload import (
     RESULTS,
+    SIDECAR,
+    WORKER,
     Kube,
-    Release,
     condition,
     container_status,
     is_ready,
-    merge,
     restarts,
+    seconds_since,
     signal_container,
-    standin_values,
+    standin_release,
+    worker_running,
 )
 
 pytestmark = pytest.mark.cluster
-
-WORKER = "worker"
-SIDECAR = "health-sidecar"
-
-# Fast probes for the stand-in, so that a restart takes seconds: liveness fails after 2 x 1 s,
-# a probe-triggered restart waits 2 s for the worker to stop, the heartbeat deadline is 3 s.
-FAST_PROBES: dict[str, Any] = {
-    "probes": {
-        "startup": {"periodSeconds": 1, "failureThreshold": 120},
-        "liveness": {
-            "periodSeconds": 1,
-            "failureThreshold": 2,
-            "timeoutSeconds": 1,
-            "terminationGracePeriodSeconds": 2,
-        },
-        "readiness": {"periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 1},
-    },
-    "sidecar": {"heartbeat": {"enabled": True, "timeoutSeconds": 3}, "drainSeconds": 1},
-    "terminationGracePeriodSeconds": 10,
-}
-
-
-def seconds_since(began: float) -> float:
-    return round(time.monotonic() - began, 2)
-
-
-def worker_running(pod: Any) -> bool:
-    status = container_status(pod, WORKER)
-    return status is not None and status.state.running is not None
-
-
-def standin_release(
-    kube: Kube, namespace: str, extra: dict[str, Any] | None = None, **env: str | float
-) -> Release:
-    """The stand-in with fast probes, installed and Ready."""
-    env = {"load_seconds": 3, "term_seconds": 0, **env}
-    values = merge(standin_values(**env), FAST_PROBES, extra or {})
-    release = kube.install(namespace, values)
-    release.wait_pod("the stand-in's pod Ready", is_ready, 120)
-    return release
 
 
 def test_default_install_is_not_ready_while_loading_and_ready_after_without_restart(

@@ -251,3 +251,48 @@ def signal_container(pod: client.V1Pod, name: str, sig: signal.Signals) -> int:
     pid = task_pids()[container_id]
     os.kill(pid, sig)
     return pid
+
+
+WORKER = "worker"
+SIDECAR = "health-sidecar"
+
+# Fast probes for the stand-in, so that a restart takes seconds: liveness fails after 2 x 1 s,
+# a probe-triggered restart waits 2 s for the worker to stop, the heartbeat deadline is 3 s.
+FAST_PROBES: dict[str, Any] = {
+    "probes": {
+        "startup": {"periodSeconds": 1, "failureThreshold": 120},
+        "liveness": {
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+            "timeoutSeconds": 1,
+            "terminationGracePeriodSeconds": 2,
+        },
+        "readiness": {"periodSeconds": 1, "failureThreshold": 1, "timeoutSeconds": 1},
+    },
+    "sidecar": {"heartbeat": {"enabled": True, "timeoutSeconds": 3}, "drainSeconds": 1},
+    "terminationGracePeriodSeconds": 10,
+}
+
+
+def seconds_since(began: float) -> float:
+    return round(time.monotonic() - began, 2)
+
+
+def worker_running(pod: Any) -> bool:
+    status = container_status(pod, WORKER)
+    return status is not None and status.state.running is not None
+
+
+def fast_standin_values(extra: dict[str, Any] | None = None, **env: str | float) -> dict[str, Any]:
+    """The stand-in (loading 3 s, exiting at once on SIGTERM) with fast probes, and `extra`."""
+    env = {"load_seconds": 3, "term_seconds": 0, **env}
+    return merge(standin_values(**env), FAST_PROBES, extra or {})
+
+
+def standin_release(
+    kube: Kube, namespace: str, extra: dict[str, Any] | None = None, **env: str | float
+) -> Release:
+    """`fast_standin_values` installed, and its pod Ready."""
+    release = kube.install(namespace, fast_standin_values(extra, **env))
+    release.wait_pod("the stand-in's pod Ready", is_ready, 120)
+    return release
