@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,20 +28,29 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", MARKER)
 
 
-@pytest.fixture(scope="session")
-def kube() -> workload.Kube:
+@pytest.fixture(scope="package")
+def kube() -> Iterator[workload.Kube]:
     """The cluster, up (built and started now if needed). Skipped only when not root or when
-    there is no Go to build it with; any other trouble fails with the harness's one line."""
+    there is no Go to build it with; any other trouble fails with the harness's one line.
+
+    A cluster this fixture started is stopped after the last cluster test, so that its
+    components do not load the machine under the timing-sensitive tests that follow; one that
+    was up before (`cluster.py up` by hand) is left up."""
     if os.geteuid() != 0:
         pytest.skip("the cluster tests need root (network namespace, cgroups): run them as root")
     if not shutil.which("go") and not cluster.build.is_built(cluster.build.KUBERNETES):
         pytest.skip("the cluster tests build Kubernetes with Go, and there is no go on PATH")
+    was_up = cluster.is_up()
     try:
         timings = cluster.up()
     except (cluster.ClusterError, cluster.build.BuildError) as exc:
         pytest.fail(f"cluster up failed: {exc}", pytrace=False)
     workload.RESULTS.update(timings)
-    return workload.Kube(cluster.kubeconfig_path())
+    yield workload.Kube(cluster.kubeconfig_path())
+    if not was_up:
+        began = time.monotonic()
+        cluster.down()
+        workload.RESULTS["down_s"] = time.monotonic() - began
 
 
 @pytest.fixture

@@ -71,7 +71,6 @@ class Release:
     kube: Kube
     namespace: str
     name: str
-    installed_at: datetime.datetime = field(default_factory=now)
 
     @property
     def selector(self) -> str:
