@@ -215,6 +215,18 @@ class Kube:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout
 
+    def follow_logs(self, namespace: str, pod: str, container: str) -> LogFollower:
+        """`kubectl logs -f --timestamps` of one container, read until the container ends."""
+        binary = cluster.kubectl_dir() / "kubectl"
+        process = subprocess.Popen(
+            [str(binary), "logs", "-f", "--timestamps", "-n", namespace, pod, "-c", container],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+        )
+        return LogFollower(process)
+
     def watch_pod(self, namespace: str, name: str, timeout: float) -> Iterator[client.V1Pod]:
         """Every version of one pod until it is deleted (or the timeout)."""
         stream = watch.Watch()
@@ -227,6 +239,28 @@ class Kube:
             yield event["object"]
             if event["type"] == "DELETED":
                 stream.stop()
+
+
+@dataclass
+class LogFollower:
+    """A `kubectl logs -f --timestamps`: each line with the runtime's time stamp."""
+
+    process: subprocess.Popen[str]
+
+    def wait(self, timeout: float) -> list[tuple[datetime.datetime, str]]:
+        try:
+            out, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        lines = []
+        for line in out.splitlines():
+            stamp, _, text = line.partition(" ")
+            # RFC 3339 with nanoseconds: Python's datetime takes microseconds.
+            whole, _, fraction = stamp.rstrip("Z").partition(".")
+            at = datetime.datetime.fromisoformat(f"{whole}.{fraction[:6].ljust(6, '0')}+00:00")
+            lines.append((at, text.rstrip()))
+        return lines
 
 
 def task_pids() -> dict[str, int]:
