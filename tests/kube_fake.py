@@ -28,8 +28,14 @@ so a test that passes here sends what a cluster would accept:
 - state: a second Event of one name is 409 AlreadyExists, a patch of a missing Event 404; a
   status patch changes only `status` (the status strategy drops the rest), as the real one.
 
-Each of these judgements is checked against the real kube-apiserver v1.34.4, with the chart's
-RBAC, by `tests/cluster/test_cluster_kube_fake.py`.
+`tests/cluster/test_cluster_kube_fake.py` sends the same requests to the fake and to the real
+kube-apiserver v1.34.4, with the chart's RBAC, and requires the same code and reason: the
+routes and verbs above, the RBAC refusals (another namespace, a verb or resource not granted),
+the content types, broken JSON, a namespace that differs from the URL's, an `involvedObject`
+of another namespace, Event names, a second Event of one name, a patch of a missing one, the
+count of a patched Event, a condition type that is no qualified name, and a wrong token. The
+other judgements (times, duplicate condition types, what a status patch drops, token rotation,
+ClusterRoles, `resourceNames` and wildcard rules) are not compared yet.
 
 Modes, for the failure tests: `mode = "normal"`, `"slow"` (every answer waits `delay` seconds),
 `"down"` (503 ServiceUnavailable, as behind a load balancer with no server), `"forbidden"`
@@ -332,19 +338,20 @@ class FakeKubeApi:
         # subresource, name) before any handler, so a verb or resource the Role does not grant
         # is 403 even where the fake serves nothing (checked against kube-apiserver v1.34).
         if match := _RESOURCE.fullmatch(path):
+            # The handlers below then only route: every call they serve was authorized here.
             name, sub = match["name"] or "", match["sub"] or ""
             verb = _VERBS.get(method, method.lower())
             if verb == "get" and not name:
                 verb = "list"
             self._authorize(verb, match["ns"], match["resource"], sub, name)
         if match := _EVENTS.fullmatch(path):
-            ns, name, resource, sub = match["ns"], "", "events", ""
+            ns, name, resource = match["ns"], "", "events"
             calls = {"POST": "create"}
         elif match := _EVENT.fullmatch(path):
-            ns, name, resource, sub = match["ns"], match["name"], "events", ""
+            ns, name, resource = match["ns"], match["name"], "events"
             calls = {"PATCH": "patch"}
         elif match := _POD_STATUS.fullmatch(path):
-            ns, name, resource, sub = match["ns"], match["name"], "pods", "status"
+            ns, name, resource = match["ns"], match["name"], "pods"
             calls = {"GET": "get", "PATCH": "patch"}
         else:
             raise Refusal(404, "NotFound", "the server could not find the requested resource")
@@ -353,7 +360,6 @@ class FakeKubeApi:
             raise Refusal(
                 405, "MethodNotAllowed", f"{method} is not a call the reporter makes on {path}"
             )
-        self._authorize(verb, ns, resource, sub, name)
         body = None
         if method in ("POST", "PATCH"):
             allowed = (JSON,) if method == "POST" else PATCH_TYPES

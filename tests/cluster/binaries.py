@@ -1,6 +1,6 @@
 """Build the cluster's binaries from the official sources, once per machine (issue 13).
 
-    python tests/cluster/build.py            # build what is missing, print where the binaries are
+    python tests/cluster/binaries.py         # build what is missing, print where the binaries are
 
 No registry ships kubelet or kube-apiserver binaries, so they are built with the Go module proxy:
 
@@ -125,8 +125,11 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
-def run_go(args: Sequence[str], cwd: Path, log: Path, timeout: float) -> str:
-    """Run `go ...`, its output appended to `log`; a failure is one line naming the log."""
+def run_go(
+    args: Sequence[str], cwd: Path, log: Path, timeout: float, check: bool = True
+) -> tuple[int, str]:
+    """Run `go ...`, its output appended to `log`; with `check`, a failure is one line naming
+    the log. Returns the exit code and the output."""
     with log.open("a") as sink:
         sink.write(f"$ go {' '.join(args)}\n")
         sink.flush()
@@ -150,21 +153,23 @@ def run_go(args: Sequence[str], cwd: Path, log: Path, timeout: float) -> str:
                 f"go {args[0]} did not finish within {timeout:g}s (log: {log})"
             ) from None
         sink.write(done.stdout)
-    if done.returncode != 0:
+    if check and done.returncode != 0:
         raise BuildError(f"go {args[0]} failed: {last_line(done.stdout)} (log: {log})")
-    return done.stdout
+    return done.returncode, done.stdout
 
 
 def upstream_go_mod(release: Release, work: Path, log: Path) -> str:
-    listed = run_go(
-        ["mod", "download", "-json", f"{release.module}@{release.version}"], work, log, 600
-    )
-    # `go mod download -json` prints one JSON object; its GoMod is the path of the module's go.mod.
-    info = json.loads(listed[listed.index("{") :])
-    if "Error" in info:
+    wanted = f"{release.module}@{release.version}"
+    code, listed = run_go(["mod", "download", "-json", wanted], work, log, 600, check=False)
+    # `go mod download -json` prints one JSON object, with "Error" (and exit 1) when it fails.
+    try:
+        info = json.loads(listed[listed.index("{") :])
+    except ValueError:
         raise BuildError(
-            f"{release.module}@{release.version} cannot be downloaded: {info['Error']}"
-        )
+            f"{wanted} cannot be downloaded: {last_line(listed)} (log: {log})"
+        ) from None
+    if "Error" in info or code != 0:
+        raise BuildError(f"{wanted} cannot be downloaded: {info.get('Error')} (log: {log})")
     return Path(info["GoMod"]).read_text()
 
 
@@ -278,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         timings = ensure_built()
     except (BuildError, OSError) as exc:
-        print(f"build.py: {exc}", file=sys.stderr)
+        print(f"binaries.py: {exc}", file=sys.stderr)
         return 1
     for release in RELEASES:
         print(f"{release.key}: {bin_dir(release)}")

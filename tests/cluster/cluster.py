@@ -12,7 +12,7 @@ bridge inside that namespace. The only way in is a forwarder on the host's loopb
 the API server's port across, so kubectl, Helm and the tests reach it at `https://127.0.0.1:PORT`
 and nothing leaves the machine.
 
-Binaries come from `build.py` (official sources, cached outside the clone). The images are the
+Binaries come from `binaries.py` (official sources, cached outside the clone). The images are the
 project's, built from the real `Dockerfile` by `tests/container/runtime.py`, the stand-in worker,
 and a pause image compiled from Kubernetes' own `build/pause/linux/pause.c`.
 
@@ -29,7 +29,6 @@ Every step that fails raises `ClusterError` with one line naming the component a
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import json
 import os
@@ -47,15 +46,19 @@ from typing import Any, TypeVar
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))
 
-import binaries as build  # noqa: E402
+import binaries  # noqa: E402
+import forward  # noqa: E402
 import pki  # noqa: E402
+from container import runtime  # noqa: E402
 
 REPO = HERE.parents[1]
 NETNS = "dhs-cluster"
 NETNS_PATH = Path("/run/netns") / NETNS
 NODE_NAME = "dhs-node"
 BRIDGE = "cni0"
+CNI_NETWORK = "dhs-pods"
 # The node's address is the pods' gateway on the bridge, inside the namespace only.
 NODE_IP = "10.244.0.1"
 POD_SUBNET = "10.244.0.0/24"
@@ -66,9 +69,16 @@ API_PORT = 6443
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10.1"
 # The chart's default image (`repository: dynamo-health-sidecar`) as containerd names it.
 CHART_IMAGE = "docker.io/library/dynamo-health-sidecar:0.1.0"
-KUBELET_SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
+# What the kubelet's setupKernelTunables writes (pkg/kubelet/cm/container_manager_linux.go).
+KUBELET_SYSCTLS = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+)
 READY_TIMEOUT_S = 180.0
-CLONE_NEWNET = 0x40000000
 
 T = TypeVar("T")
 
@@ -103,7 +113,7 @@ def kubeconfig_path() -> Path:
 
 
 def kubectl_dir() -> Path:
-    return build.bin_dir(build.KUBERNETES)
+    return binaries.bin_dir(binaries.KUBERNETES)
 
 
 def last_line(text: str) -> str:
@@ -132,17 +142,13 @@ def run(args: Sequence[str], *, what: str, timeout: float = 120, **kwargs: Any) 
 def in_netns(call: Callable[[], T]) -> T:
     """Run `call` on a thread that has entered the cluster's network namespace, so the sockets
     it opens are inside it (setns moves only the calling thread)."""
+    if not NETNS_PATH.exists():
+        raise ClusterError(f"the network namespace {NETNS} does not exist (cluster.py up)")
     outcome: list[Any] = []
 
     def enter_and_call() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(NETNS_PATH, os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
+            forward.enter(str(NETNS_PATH))
             outcome.append((True, call()))
         except BaseException as exc:  # handed to the caller's thread
             outcome.append((False, exc))
@@ -241,10 +247,20 @@ def write_configs() -> None:
     }
     for relative, template in files.items():
         # kube-proxy exits when its file is written, even unchanged: write only what differs.
-        path, text = root / relative, template.format(root=root, **globals())
+        path, text = root / relative, template.format(root=root, **TEMPLATE_NAMES)
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
 
+
+TEMPLATE_NAMES = {
+    "PAUSE_IMAGE": PAUSE_IMAGE,
+    "BRIDGE": BRIDGE,
+    "POD_SUBNET": POD_SUBNET,
+    "NODE_IP": NODE_IP,
+    "NODE_NAME": NODE_NAME,
+    "CLUSTER_DNS_IP": CLUSTER_DNS_IP,
+    "CNI_NETWORK": CNI_NETWORK,
+}
 
 CONTAINERD_CONFIG = """\
 version = 2
@@ -258,6 +274,8 @@ state = "{root}/containerd/state"
   # Root here lacks CAP_SYS_RESOURCE: the kubelet's negative oom_score_adj would fail every
   # container; keep each at least containerd's own, as rootless setups do.
   restrict_oom_score_adj = true
+  # The pods' network namespaces under our state directory, not /run/netns beside others'.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -274,7 +292,7 @@ state = "{root}/containerd/state"
 CNI_CONFIG = """\
 {{
   "cniVersion": "0.4.0",
-  "name": "dhs-pods",
+  "name": "{CNI_NETWORK}",
   "plugins": [
     {{
       "type": "bridge",
@@ -372,7 +390,7 @@ class Component:
 def _etcd() -> list[str]:
     data = state_root() / "etcd"
     return [
-        str(build.binary("etcd")),
+        str(binaries.binary("etcd")),
         f"--data-dir={data}",
         "--listen-client-urls=http://127.0.0.1:2379",
         "--advertise-client-urls=http://127.0.0.1:2379",
@@ -387,7 +405,7 @@ def _etcd() -> list[str]:
 def _apiserver() -> list[str]:
     p = ca().path
     return [
-        str(build.binary("kube-apiserver")),
+        str(binaries.binary("kube-apiserver")),
         "--etcd-servers=http://127.0.0.1:2379",
         f"--bind-address={NODE_IP}",
         f"--advertise-address={NODE_IP}",
@@ -414,7 +432,7 @@ def _controller_manager() -> list[str]:
     p = ca().path
     kubeconfig = state_root() / "etc" / "controller-manager.kubeconfig"
     return [
-        str(build.binary("kube-controller-manager")),
+        str(binaries.binary("kube-controller-manager")),
         f"--kubeconfig={kubeconfig}",
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
@@ -433,7 +451,7 @@ def _controller_manager() -> list[str]:
 def _scheduler() -> list[str]:
     kubeconfig = state_root() / "etc" / "scheduler.kubeconfig"
     return [
-        str(build.binary("kube-scheduler")),
+        str(binaries.binary("kube-scheduler")),
         f"--config={state_root() / 'etc' / 'scheduler.yaml'}",
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
@@ -449,7 +467,7 @@ def _containerd() -> list[str]:
 def _kubelet() -> list[str]:
     etc = state_root() / "etc"
     return [
-        str(build.binary("kubelet")),
+        str(binaries.binary("kubelet")),
         f"--config={etc / 'kubelet.yaml'}",
         f"--kubeconfig={etc / 'kubelet.kubeconfig'}",
         f"--root-dir={state_root() / 'kubelet'}",
@@ -461,7 +479,7 @@ def _kubelet() -> list[str]:
 
 
 def _proxy() -> list[str]:
-    return [str(build.binary("kube-proxy")), f"--config={state_root() / 'etc' / 'proxy.yaml'}"]
+    return [str(binaries.binary("kube-proxy")), f"--config={state_root() / 'etc' / 'proxy.yaml'}"]
 
 
 def _forwarder() -> list[str]:
@@ -498,12 +516,15 @@ def _containerd_ready() -> bool:
     socket_path = state_root() / "containerd.sock"
     if not socket_path.exists():
         return False
-    done = subprocess.run(
-        ["ctr", "--address", str(socket_path), "version"],
-        capture_output=True,
-        timeout=10,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            ["ctr", "--address", str(socket_path), "version"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False
     return done.returncode == 0
 
 
@@ -527,22 +548,30 @@ COMPONENTS = (
 )
 
 
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie (what `down` leaves to init to reap)."""
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with
+    the pid, it names one process, never a later one that reuses the number. None when the
+    process is gone or a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return not stat.rsplit(") ", 1)[1].startswith("Z")
+        return None
+    fields = stat.rsplit(") ", 1)[1].split()
+    return None if fields[0] == "Z" else fields[19]
+
+
+def alive(pid: int) -> bool:
+    return start_time(pid) is not None
 
 
 def running_pid(name: str) -> int | None:
-    """The pid a component was started as, while that process still lives."""
+    """The pid a component was started as, while that very process still lives."""
     try:
-        pid = int(pid_path(name).read_text())
+        pid_text, started = pid_path(name).read_text().split()
+        pid = int(pid_text)
     except (OSError, ValueError):
         return None
-    return pid if alive(pid) else None
+    return pid if start_time(pid) == started else None
 
 
 def start(component: Component) -> None:
@@ -550,7 +579,8 @@ def start(component: Component) -> None:
     argv = component.argv()
     if component.name != "forwarder":
         argv = ["nsenter", f"--net={NETNS_PATH}", "--", *argv]
-    with log_path(component.name).open("ab") as log:
+    # A fresh log per start: the last run's stays until the next `up`, and none grows forever.
+    with log_path(component.name).open("wb") as log:
         log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
         log.flush()
         process = subprocess.Popen(
@@ -561,7 +591,7 @@ def start(component: Component) -> None:
             start_new_session=True,
             env={**os.environ, "PATH": f"{kubectl_dir()}:/usr/sbin:/usr/bin:/sbin:/bin"},
         )
-    pid_path(component.name).write_text(str(process.pid))
+    pid_path(component.name).write_text(f"{process.pid} {start_time(process.pid)}")
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float, component: str) -> float:
@@ -636,15 +666,13 @@ def ctr(*args: str, timeout: float = 300, stdin: Any = None) -> str:
 
 def build_pause_image() -> None:
     """Kubernetes' own pause.c, static, as the only file of an image (as build/pause does)."""
-    from container import runtime
-
     if runtime.podman("image", "exists", PAUSE_IMAGE, check=False).returncode == 0:
         return
     source = (
-        build.cache_root()
+        binaries.cache_root()
         / "go"
         / "mod"
-        / f"k8s.io/kubernetes@{build.KUBERNETES_VERSION}"
+        / f"k8s.io/kubernetes@{binaries.KUBERNETES_VERSION}"
         / "build"
         / "pause"
         / "linux"
@@ -675,8 +703,6 @@ def build_pause_image() -> None:
 
 def import_image(source: str, *names: str) -> None:
     """`podman save` into containerd's k8s.io namespace, tagged with each of `names`."""
-    from container import runtime
-
     saver = subprocess.Popen(
         ["podman", "save", "--format", "docker-archive", source],
         stdout=subprocess.PIPE,
@@ -694,23 +720,38 @@ def import_image(source: str, *names: str) -> None:
         ctr("images", "tag", "--force", source, name)
 
 
-def import_images() -> dict[str, float]:
-    """The project's image, the stand-in worker's and the pause image, into containerd."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from container import runtime
+def imported_path() -> Path:
+    return state_root() / "imported.json"
 
+
+def import_images() -> dict[str, float]:
+    """Build the project's image, the stand-in worker's and the pause image (podman's cache
+    makes an unchanged build take seconds), and import into containerd each one whose image
+    id differs from the one imported last, so a running cluster never runs a stale image."""
     timings: dict[str, float] = {}
     began = time.monotonic()
     try:
         timings.update(runtime.build())
         build_pause_image()
     except runtime.SetupError as exc:
-        raise ClusterError(f"images: {exc}") from None
+        raise ClusterError(f"images: {str(exc).splitlines()[0]}") from None
     timings["images_build_s"] = time.monotonic() - began
     began = time.monotonic()
-    import_image(PAUSE_IMAGE)
-    import_image(runtime.PROJECT_IMAGE, CHART_IMAGE)
-    import_image(runtime.STANDIN_IMAGE)
+    try:
+        imported: dict[str, str] = json.loads(imported_path().read_text())
+    except (OSError, ValueError):
+        imported = {}
+    wanted = {
+        PAUSE_IMAGE: (),
+        runtime.PROJECT_IMAGE: (CHART_IMAGE,),
+        runtime.STANDIN_IMAGE: (),
+    }
+    for source, names in wanted.items():
+        image_id = runtime.podman("image", "inspect", "--format", "{{.Id}}", source).stdout.strip()
+        if imported.get(source) != image_id:
+            import_image(source, *names)
+            imported[source] = image_id
+            imported_path().write_text(json.dumps(imported, indent=2))
     timings["images_import_s"] = time.monotonic() - began
     return timings
 
@@ -723,25 +764,52 @@ def require_root() -> None:
         raise ClusterError("the cluster needs root (network namespace, cgroups, mounts)")
 
 
-def missing_tools() -> list[str]:
-    needed = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "iptables", "ip", "nsenter")
-    missing = [name for name in needed if not shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")]
-    if not Path("/usr/lib/cni/bridge").exists():
-        missing.append("containernetworking-plugins")
+# Command (or file) -> the Debian package that brings it.
+NEEDED = {
+    "containerd": "containerd",
+    "containerd-shim-runc-v2": "containerd",
+    "ctr": "containerd",
+    "runc": "runc",
+    "iptables": "iptables",
+    "ip": "iproute2",
+    "nsenter": "util-linux",
+    "gcc": "gcc",
+    "/usr/lib/cni/bridge": "containernetworking-plugins",
+    "/usr/lib/x86_64-linux-gnu/libc.a": "libc6-dev",
+}
+
+
+def missing_packages() -> list[str]:
+    """The Debian packages of what the cluster needs that is not on the machine."""
+    missing = []
+    for need, package in NEEDED.items():
+        found = (
+            Path(need).exists()
+            if need.startswith("/")
+            else shutil.which(need, path="/usr/sbin:/usr/bin:/sbin:/bin")
+        )
+        if not found and package not in missing:
+            missing.append(package)
     return missing
 
 
 def ensure_packages() -> None:
-    if not missing_tools():
+    missing = missing_packages()
+    if not missing:
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    packages = ["containerd", "runc", "iptables", "containernetworking-plugins", "iproute2"]
     run(["apt-get", "update", "-qq"], what="apt-get update", env=env, timeout=600)
-    run(
-        ["apt-get", "install", "-y", "-qq", *packages], what="apt-get install", env=env, timeout=900
-    )
-    if still := missing_tools():
+    run(["apt-get", "install", "-y", "-qq", *missing], what="apt-get install", env=env, timeout=900)
+    if still := missing_packages():
         raise ClusterError(f"apt-get installed, but {', '.join(still)} still missing")
+
+
+def require_cgroup_v1() -> None:
+    """The kubelet and containerd here are set up for this machine's cgroup v1 hierarchy."""
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        raise ClusterError(
+            "this host has a unified cgroup v2 hierarchy; the harness is set up for cgroup v1"
+        )
 
 
 def node_ready() -> bool:
@@ -762,45 +830,48 @@ def is_up() -> bool:
 
 
 def up() -> dict[str, float]:
-    """Build if needed, start what is not running, import the images, wait for the node."""
+    """Build if needed, start what is not running, wait for the node, import the images that
+    changed since the last import."""
     require_root()
+    require_cgroup_v1()
     timings: dict[str, float] = {}
     ensure_packages()
-    timings.update(build.ensure_built())
+    timings.update(binaries.ensure_built())
     began = time.monotonic()
-    if any(running_pid(c.name) is None for c in COMPONENTS):
+    if not all(running_pid(c.name) for c in COMPONENTS):
         # Not all up (a crash, a killed session): start from a clean slate, not its leftovers.
         down()
-    save_sysctls()
-    write_configs()
-    ensure_netns()
-    started_now = False
-    for component in COMPONENTS:
-        if running_pid(component.name) is None:
+        save_sysctls()
+        write_configs()
+        ensure_netns()
+        for component in COMPONENTS:
             start(component)
-            started_now = True
-        wait_until(component.name, component.ready, READY_TIMEOUT_S, component.name)
-    wait_until("the node", node_ready, READY_TIMEOUT_S, "kubelet")
-    wait_until("the default ServiceAccount", default_service_account, 60, "kube-controller-manager")
-    if started_now:
+            wait_until(component.name, component.ready, READY_TIMEOUT_S, component.name)
+        wait_until("the node", node_ready, READY_TIMEOUT_S, "kubelet")
+        wait_until(
+            "the default ServiceAccount", default_service_account, 60, "kube-controller-manager"
+        )
         timings["up_to_node_ready_s"] = time.monotonic() - began
-        timings.update(import_images())
+    timings.update(import_images())
     timings["up_s"] = time.monotonic() - began
     return timings
 
 
 def stop_process(pid: int, timeout: float = 15) -> None:
-    """SIGTERM, then SIGKILL after `timeout`."""
+    """SIGTERM, then SIGKILL after `timeout`; returns once the process is gone."""
+    started = start_time(pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while alive(pid):
+    deadline, killed = time.monotonic() + timeout, False
+    while started is not None and start_time(pid) == started:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         if time.monotonic() > deadline:
+            if killed:
+                return  # unkillable (in D state, say): nothing more a signal can do
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            return
+            killed, deadline = True, time.monotonic() + timeout
         time.sleep(0.05)
 
 
@@ -836,54 +907,91 @@ def our_mounts() -> list[str]:
     points = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4].replace("\\040", " ")
-        if point.startswith(root + "/") or point.startswith("/run/netns/cni-"):
+        if point.startswith(root + "/"):
             points.append(point)
     return sorted(points, key=len, reverse=True)
 
 
 def down() -> list[str]:
-    """Stop every component (pods first), unmount, remove namespaces, restore sysctls."""
+    """Stop every component (pods first), unmount, remove namespaces, restore sysctls.
+
+    Each step is tried whatever the one before did; what failed is raised at the end, in one
+    line."""
     require_root()
     stopped: list[str] = []
+    failed: list[str] = []
+
+    def step(what: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except (OSError, subprocess.SubprocessError, ClusterError) as exc:
+            failed.append(f"{what}: {exc}")
+
     # The kubelet first, so that nothing restarts the containers killed next.
     order = sorted(COMPONENTS, key=lambda c: c.name != "kubelet")
-    order = [order[0], *reversed(order[1:])]
-    for component in order:
+    for component in [order[0], *reversed(order[1:])]:
         pid = running_pid(component.name)
         if pid is not None:
             began = time.monotonic()
-            stop_process(pid)
+            step(f"stopping {component.name}", lambda pid=pid: stop_process(pid))
             stopped.append(f"{component.name} ({time.monotonic() - began:.1f}s)")
-        pid_path(component.name).unlink(missing_ok=True)
+        step("removing a pid file", lambda c=component: pid_path(c.name).unlink(missing_ok=True))
         if component.name == "kubelet":
-            kill_pods()
+            step("killing the pods", kill_pods)
+            step("restoring the sysctls", restore_sysctls)
+    step("stopping the containerd shims", stop_shims)
+    step("unmounting", unmount_ours)
+    if NETNS_PATH.exists():
+        step("deleting the namespace", lambda: run(["ip", "netns", "delete", NETNS], what="ip"))
+    step("removing the cgroups", remove_kubepods_cgroups)
+    step("removing what the kubelet left outside its root", remove_host_leftovers)
+    step("wiping the state", wipe_state)
+    if failed:
+        raise ClusterError("down did not finish: " + "; ".join(failed))
+    return stopped
+
+
+def stop_shims() -> None:
     inode = netns_inode()
     if inode is not None:
         for pid in processes_in_netns(inode):
             stop_process(pid, timeout=5)
+
+
+def unmount_ours() -> None:
     for point in our_mounts():
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-    for leftover in Path("/run/netns").glob("cni-*"):
-        leftover.unlink(missing_ok=True)
-    if NETNS_PATH.exists():
-        run(["ip", "netns", "delete", NETNS], what="ip netns delete")
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False, timeout=30)
+
+
+def remove_kubepods_cgroups() -> None:
     for cgroup in kubepods_cgroups():
         with contextlib.suppress(OSError):
             cgroup.rmdir()
-    restore_sysctls()
-    for sub in (
-        "etcd",
-        "kubelet",
-        "kubelet-pki",
-        "containerd",
-        "runc",
-        "cni/ipam",
-        "pod-logs",
-        "pids",
-    ):
+
+
+def remove_host_leftovers() -> None:
+    """What the kubelet and CNI write to fixed host paths whatever their configured roots:
+    the /var/log/containers links into our pod logs, our network's cached CNI results, and
+    the kubelet's device-plugin socket."""
+    ours = str(state_root())
+    for link in Path("/var/log/containers").glob("*.log"):
+        with contextlib.suppress(OSError):
+            if link.is_symlink() and os.readlink(link).startswith(ours):
+                link.unlink()
+    # CNI caches a result per network and sandbox; pods killed by `down` never tear theirs down.
+    cri = state_root() / "containerd" / "root" / "io.containerd.grpc.v1.cri" / "sandboxes"
+    sandboxes = {entry.name for entry in cri.iterdir()} if cri.is_dir() else set()
+    for cached in Path("/var/lib/cni/results").glob("*"):
+        if cached.name.startswith(f"{CNI_NETWORK}-") or any(s in cached.name for s in sandboxes):
+            cached.unlink(missing_ok=True)
+    Path("/var/lib/kubelet/device-plugins/kubelet.sock").unlink(missing_ok=True)
+
+
+def wipe_state() -> None:
+    for sub in ("etcd", "kubelet", "kubelet-pki", "containerd", "runc", "cni/ipam", "pod-logs"):
         shutil.rmtree(state_root() / sub, ignore_errors=True)
     (state_root() / "containerd.sock").unlink(missing_ok=True)
-    return stopped
+    (state_root() / "imported.json").unlink(missing_ok=True)
 
 
 def kill_pods() -> None:
@@ -940,7 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"cluster.py: unknown command {command!r} (up, down, status, env)", file=sys.stderr
             )
             return 2
-    except (ClusterError, build.BuildError) as exc:
+    except (ClusterError, binaries.BuildError, OSError, subprocess.SubprocessError) as exc:
         print(f"cluster.py {command}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -38,12 +38,12 @@ def kube() -> Iterator[workload.Kube]:
     was up before (`cluster.py up` by hand) is left up."""
     if os.geteuid() != 0:
         pytest.skip("the cluster tests need root (network namespace, cgroups): run them as root")
-    if not shutil.which("go") and not cluster.build.is_built(cluster.build.KUBERNETES):
+    if not shutil.which("go") and not cluster.binaries.is_built(cluster.binaries.KUBERNETES):
         pytest.skip("the cluster tests build Kubernetes with Go, and there is no go on PATH")
     was_up = cluster.is_up()
     try:
         timings = cluster.up()
-    except (cluster.ClusterError, cluster.build.BuildError) as exc:
+    except (cluster.ClusterError, cluster.binaries.BuildError) as exc:
         pytest.fail(f"cluster up failed: {exc}", pytrace=False)
     workload.RESULTS.update(timings)
     yield workload.Kube(cluster.kubeconfig_path())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALID_FOR = datetime.timedelta(days=365)
+RENEW_BEFORE = datetime.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class Pki:
     ) -> None:
         """Create what is missing: the CA, the service-account key, each client and server."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self._expiring():
+            for old in self.directory.iterdir():
+                old.unlink()
         if not self.path("ca.crt").exists():
             self._write_ca()
         if not self.path("sa.key").exists():
@@ -84,9 +89,22 @@ class Pki:
     def _write(self, name: str, data: bytes) -> None:
         path = self.path(name)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(data)
-        tmp.chmod(0o600)
+        tmp.unlink(missing_ok=True)
+        # Private from its first byte: a key is never readable by others, even for a moment.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
         tmp.replace(path)
+
+    def _expiring(self) -> bool:
+        """The CA ends within RENEW_BEFORE: everything is issued anew (a kubeconfig printed
+        before then must be read again)."""
+        try:
+            cert = x509.load_pem_x509_certificate(self.path("ca.crt").read_bytes())
+        except (OSError, ValueError):
+            return False
+        left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+        return left < RENEW_BEFORE
 
     def _ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         cert = x509.load_pem_x509_certificate(self.path("ca.crt").read_bytes())

@@ -23,13 +23,15 @@ import httpx
 import pytest
 from kubernetes import client
 
-from cluster import cluster
+from cluster import binaries, cluster
 from cluster.workload import Kube, standin_release
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kube_fake import FakeKubeApi
 
 pytestmark = pytest.mark.cluster
+
+KUBERNETES_MINOR = binaries.KUBERNETES_VERSION.removeprefix("v").rsplit(".", 1)[0]
 
 STAMP = datetime.datetime(2026, 12, 3, 12, 0, 0, tzinfo=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 JSON = "application/json"
@@ -209,7 +211,8 @@ def answers(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
             token_file=token_file,
             service_account=account,
             rbac=rbac,
-            kubernetes_version="1.35.0",
+            # The schema of the real server's minor release.
+            kubernetes_version=KUBERNETES_MINOR + ".0",
         )
         tls = ssl.create_default_context(cafile=str(cluster.ca().path("ca.crt")))
         real_url = f"https://127.0.0.1:{cluster.host_api_port()}"

@@ -37,9 +37,14 @@ def test_native_sidecar_starts_before_the_worker_and_outlives_its_restarts(
     (init,) = pod.spec.init_containers
     assert (init.name, init.restart_policy) == (SIDECAR, "Always")
     assert [c.name for c in pod.spec.containers] == [WORKER]
-    sidecar, worker = container_status(pod, SIDECAR), container_status(pod, WORKER)
-    assert sidecar.started and sidecar.state.running.started_at <= worker.state.running.started_at
-    sidecar_id = sidecar.container_id
+    # Which started first, by each container's first log line as the runtime stamped it
+    # (startedAt is in whole seconds, too coarse for this).
+    first_line = {
+        name: kube.follow_logs(namespace, pod.metadata.name, name, follow=False).wait(30)[0][0]
+        for name in (SIDECAR, WORKER)
+    }
+    assert first_line[SIDECAR] < first_line[WORKER], first_line
+    sidecar_id = container_status(pod, SIDECAR).container_id
     signal_container(pod, WORKER, signal.SIGKILL)
     release.wait_pod("the worker restarted", lambda p: restarts(p, WORKER) >= 1, 60)
     ready = release.wait_pod("the pod Ready again", is_ready, 60)
@@ -114,7 +119,12 @@ def test_deleted_pod_leaves_its_service_before_the_worker_exits_and_the_sidecar_
     )
     pod = release.pod()
     endpoints = EndpointWatch(release, pod.metadata.name)
-    assert endpoints.endpoint() is not None, "the pod is not in its Service's endpoints"
+
+    def in_service() -> bool:
+        found = endpoints.endpoint()
+        return bool(found and found.conditions.ready and found.conditions.serving)
+
+    kube.wait("the pod ready and serving in its Service's endpoints", in_service, 30)
     endpoints.start()
     sidecar_log = kube.follow_logs(namespace, pod.metadata.name, SIDECAR)
     deleted_at = now()
@@ -129,6 +139,7 @@ def test_deleted_pod_leaves_its_service_before_the_worker_exits_and_the_sidecar_
     endpoints.stop.set()
     assert unready_at is not None and endpoints.not_serving_at is not None
     assert endpoints.not_ready_at is not None
+    assert deleted_at <= endpoints.not_ready_at <= endpoints.not_serving_at
     RESULTS["delete_to_not_ready_s"] = (unready_at - deleted_at).total_seconds()
     RESULTS["delete_to_endpoint_not_ready_s"] = (
         endpoints.not_ready_at - deleted_at
@@ -148,11 +159,13 @@ def test_deleted_pod_leaves_its_service_before_the_worker_exits_and_the_sidecar_
     RESULTS["delete_to_worker_exit_s"] = worker_took
     # The drain, from the sidecar's own lines as the runtime stamped them (to the nanosecond).
     lines = sidecar_log.wait(timeout=30)
-    drain_began = next(at for at, line in lines if "draining: readiness fails" in line)
-    stopped = next(at for at, line in reversed(lines) if line.endswith("stopped"))
+    drain_began = next((at for at, line in lines if "draining: readiness fails" in line), None)
+    stopped = next((at for at, line in reversed(lines) if line.endswith("stopped")), None)
+    assert drain_began is not None and stopped is not None, lines
     drained = (stopped - drain_began).total_seconds()
-    RESULTS["sidecar_sigterm_to_exit_s"] = drained
-    assert drained <= drain + 0.5, lines
+    RESULTS["sidecar_drain_to_exit_s"] = drained
+    # The worker outlives the drain (its preStop), so the drain runs its whole length.
+    assert drain - 0.2 <= drained <= drain + 0.5, lines
     # finishedAt is in whole seconds: a second of slack where it matters.
     assert worker_took >= pre_stop - 1, f"the preStop sleep did not run: {worker_took}"
     assert left_service < worker_took - 1, (left_service, worker_took)

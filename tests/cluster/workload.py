@@ -215,11 +215,14 @@ class Kube:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout
 
-    def follow_logs(self, namespace: str, pod: str, container: str) -> LogFollower:
-        """`kubectl logs -f --timestamps` of one container, read until the container ends."""
+    def follow_logs(
+        self, namespace: str, pod: str, container: str, follow: bool = True
+    ) -> LogFollower:
+        """`kubectl logs --timestamps` of one container; with `follow`, read until it ends."""
         binary = cluster.kubectl_dir() / "kubectl"
+        flags = ["-f"] if follow else []
         process = subprocess.Popen(
-            [str(binary), "logs", "-f", "--timestamps", "-n", namespace, pod, "-c", container],
+            [str(binary), "logs", *flags, "--timestamps", "-n", namespace, pod, "-c", container],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
