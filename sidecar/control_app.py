@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from sidecar.health import CapacityError, HealthState, Instance, Status
 from sidecar.settings import NAME_PATTERN, NAME_RULE, Mode, Settings
-from sidecar.verdict import Verdicts, dumps
+from sidecar.verdict import Verdicts, dumps, refusal_headers
 
 JSON = "application/json"
 MAX_BODY = 64 * 1024
@@ -341,15 +341,16 @@ def build_control_app(
         if isinstance(exc, ApiError):
             return json_response({"error": exc.message}, exc.status_code)
         assert isinstance(exc, HTTPException)
+        headers = refusal_headers(exc.headers)
         if exc.status_code == 405:
-            allowed = (exc.headers or {}).get("Allow", "")
+            allowed = headers.get("Allow", "")
             message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
         else:
             message = f"no such path: {request.url.path}"
         return Response(
             dumps({"error": message}),
             status_code=exc.status_code,
-            headers=exc.headers,
+            headers=headers,
             media_type=JSON,
         )
 

@@ -55,4 +55,8 @@ def configure(log_format: LogFormat, level: LogLevel) -> logging.Logger:
     # uvicorn's own start and stop lines repeat ours; its warnings and errors still show.
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request of the mirror's polls and the canaries at INFO: shown only
+    # when debugging, else they bury the transitions.
+    quiet = logging.NOTSET if level is LogLevel.DEBUG else logging.WARNING
+    logging.getLogger("httpx").setLevel(quiet)
     return logging.getLogger(LOGGER_NAME)

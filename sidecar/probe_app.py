@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from sidecar.metrics import ProbeMetrics
 from sidecar.settings import METRICS_PATH, READY_PATH, SELF_LIVE_PATH, Mode, Settings
-from sidecar.verdict import Answer, Verdicts, dumps
+from sidecar.verdict import Answer, Verdicts, dumps, refusal_headers
 
 JSON = "application/json"
 SELF_LIVE_BODY = b'{"status":"live"}'
@@ -78,7 +78,7 @@ def build_probe_app(
         return Response(
             dumps({"error": message}),
             status_code=exc.status_code,
-            headers=exc.headers,
+            headers=refusal_headers(exc.headers),
             media_type=JSON,
         )
 

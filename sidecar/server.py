@@ -281,12 +281,26 @@ def uvicorn_config(app: object) -> uvicorn.Config:
     )
 
 
+# Signals a person sends by habit (reload, reopen logs, dump): by default each would kill the
+# sidecar without its drain, and the pod's probes would fail until the kubelet restarts it.
+HABIT_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def ignore_signal(signum: int) -> None:
+    logger.warning(
+        "ignoring %s: the sidecar has nothing to reload; SIGTERM drains and stops it",
+        signal.Signals(signum).name,
+    )
+
+
 async def serve(settings: Settings) -> int:
     """Run the sidecar until SIGTERM or SIGINT; returns the exit code."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    for signum in HABIT_SIGNALS:
+        loop.add_signal_handler(signum, ignore_signal, signum)
 
     clock = time.monotonic
     state = HealthState(

@@ -9,6 +9,7 @@ only the uptime is formatted per request.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sidecar.health import HealthState, Instance, Status
@@ -28,6 +29,16 @@ class Answer:
 def dumps(value: object) -> bytes:
     """Dynamo's JSON: compact, keys sorted."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def refusal_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The headers of a refusal, with `Allow` sorted: Starlette joins a route's methods from a
+    set, whose order follows each start's string hash seed, and one order on every start is
+    what a client or a test can rely on."""
+    found = dict(headers or {})
+    if "Allow" in found:
+        found["Allow"] = ", ".join(sorted(found["Allow"].split(", ")))
+    return found
 
 
 def uptime(state: HealthState, now: float) -> dict[str, int]:

@@ -676,6 +676,19 @@ def test_control_wrong_method_is_405_with_allow(
     assert snapshot(sc) == before
 
 
+def test_control_allow_header_is_the_same_on_every_start(
+    run_sidecar: Callable[..., Sidecar],
+) -> None:
+    # Starlette joins the methods from a set: without sorting, the order follows the hash seed.
+    seen = set()
+    for seed in range(8):
+        sc = run_sidecar(env={"PYTHONHASHSEED": str(seed)})
+        seen.add(control(sc, "POST", "/v1/status").headers.get("allow"))
+        sc.process.kill()
+        sc.process.wait(timeout=10)
+    assert seen == {"GET, HEAD"}
+
+
 # -- refusals: 413 ----------------------------------------------------------------------------
 
 READY_BODY = b'{"status": "ready"}'

@@ -8,6 +8,7 @@ import signal
 import socket
 from collections.abc import Callable
 
+import pytest
 from conftest import Sidecar, wait_until
 
 
@@ -200,6 +201,23 @@ def test_probe_sigterm_drains_health_keeps_live_then_exits_zero(
     assert sidecar.process.wait(timeout=5) == 0
     assert not sidecar.socket_path.exists()
     assert "sidecar: serving -> draining" in sidecar.logs()
+
+
+@pytest.mark.parametrize("habit", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])
+def test_probe_habit_signal_is_logged_and_changes_nothing(
+    run_sidecar: Callable[..., Sidecar], habit: signal.Signals
+) -> None:
+    sidecar = run_sidecar(
+        {"DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": "generate", "DYN_SIDECAR_DRAIN_SECONDS": "0"}
+    )
+    sidecar.control("POST", "/v1/endpoints/generate/ready")
+    sidecar.process.send_signal(habit)
+    line = f"ignoring {habit.name}: the sidecar has nothing to reload; SIGTERM drains and stops it"
+    assert wait_until(lambda: line in sidecar.logs(), timeout=2.0)
+    assert sidecar.process.poll() is None
+    assert sidecar.probe("/health").status_code == 200
+    sidecar.process.send_signal(signal.SIGTERM)
+    assert sidecar.process.wait(timeout=5) == 0
 
 
 def test_probe_second_signal_ends_the_drain_at_once(run_sidecar: Callable[..., Sidecar]) -> None:
