@@ -13,6 +13,7 @@ import errno
 import functools
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -293,8 +294,27 @@ def ignore_signal(signum: int) -> None:
     )
 
 
+def raise_descriptor_limit() -> None:
+    """Raise the soft limit of open files to the hard one: each probe, held session and client
+    costs a descriptor, and a container runtime's soft default (often 1,024) is what runs out
+    first under many clients, while the hard limit is there to be used."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:  # the kernel caps open files at fs.nr_open anyway
+        with open("/proc/sys/fs/nr_open") as nr_open:
+            hard = int(nr_open.read())
+    if soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        logger.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+        return
+    logger.debug("raised the open-file limit from %d to %d", soft, hard)
+
+
 async def serve(settings: Settings) -> int:
     """Run the sidecar until SIGTERM or SIGINT; returns the exit code."""
+    raise_descriptor_limit()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

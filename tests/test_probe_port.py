@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import signal
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from conftest import Sidecar, wait_until
@@ -201,6 +203,23 @@ def test_probe_sigterm_drains_health_keeps_live_then_exits_zero(
     assert sidecar.process.wait(timeout=5) == 0
     assert not sidecar.socket_path.exists()
     assert "sidecar: serving -> draining" in sidecar.logs()
+
+
+def test_probe_open_file_soft_limit_is_raised_to_the_hard_limit(
+    run_sidecar: Callable[..., Sidecar],
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(256, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        sidecar = run_sidecar()  # inherits the low soft limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    limits = Path(f"/proc/{sidecar.process.pid}/limits").read_text()
+    (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
+    soft_now, hard_now = line.split()[3:5]
+    assert soft_now == hard_now, line
+    assert hard == resource.RLIM_INFINITY or int(soft_now) == hard
 
 
 @pytest.mark.parametrize("habit", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])
