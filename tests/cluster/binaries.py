@@ -35,6 +35,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from container.runtime import last_line
+
 KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.13"
 KUBERNETES_COMMANDS = (
@@ -118,11 +121,6 @@ def go_env() -> dict[str, str]:
         "GOFLAGS": "-buildvcs=false -mod=mod",
         "CGO_ENABLED": "0",
     }
-
-
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "(no output)"
 
 
 def run_go(

@@ -116,14 +116,9 @@ def kubectl_dir() -> Path:
     return binaries.bin_dir(binaries.KUBERNETES)
 
 
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "(no output)"
-
-
 def log_tail(name: str) -> str:
     with contextlib.suppress(OSError):
-        return last_line(log_path(name).read_text(errors="replace")[-4000:])
+        return runtime.last_line(log_path(name).read_text(errors="replace")[-4000:])
     return "(no log)"
 
 
@@ -135,7 +130,7 @@ def run(args: Sequence[str], *, what: str, timeout: float = 120, **kwargs: Any) 
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ClusterError(f"{what}: {exc}") from None
     if done.returncode != 0:
-        raise ClusterError(f"{what} failed: {last_line(done.stderr or done.stdout)}")
+        raise ClusterError(f"{what} failed: {runtime.last_line(done.stderr or done.stdout)}")
     return done.stdout
 
 
@@ -641,15 +636,14 @@ def save_sysctls() -> None:
     sysctl_file().write_text(json.dumps(saved))
 
 
-def restore_sysctls() -> dict[str, str]:
+def restore_sysctls() -> None:
     if not sysctl_file().exists():
-        return {}
+        return
     saved: dict[str, str] = json.loads(sysctl_file().read_text())
     for name, value in saved.items():
         with contextlib.suppress(OSError):
             Path("/proc/sys", name).write_text(value)
     sysctl_file().unlink()
-    return saved
 
 
 # --- images ----------------------------------------------------------------------------------
@@ -794,14 +788,10 @@ def missing_packages() -> list[str]:
 
 
 def ensure_packages() -> None:
-    missing = missing_packages()
-    if not missing:
-        return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-qq"], what="apt-get update", env=env, timeout=600)
-    run(["apt-get", "install", "-y", "-qq", *missing], what="apt-get install", env=env, timeout=900)
-    if still := missing_packages():
-        raise ClusterError(f"apt-get installed, but {', '.join(still)} still missing")
+    try:
+        runtime.apt_install(missing_packages(), missing_packages)
+    except runtime.SetupError as exc:
+        raise ClusterError(str(exc)) from None
 
 
 def require_cgroup_v1() -> None:

@@ -66,7 +66,8 @@ def now() -> datetime.datetime:
 
 @dataclass
 class Release:
-    """One `helm install` in a namespace of its own."""
+    """The objects of one release in a namespace of its own: a `helm install`, or
+    `manifests/`, which is the chart rendered as one."""
 
     kube: Kube
     namespace: str
@@ -200,16 +201,15 @@ class Kube:
             cfg.install(str(CHART_DIR), name, values, namespace=namespace, timeout=60)
         return Release(self, namespace, name)
 
-    def kubectl(self, *args: str, timeout: float = 60) -> str:
+    def _kubectl(self, *args: str) -> tuple[list[str], dict[str, str]]:
+        """The built kubectl's command line, and its environment, for this kubeconfig."""
         binary = cluster.kubectl_dir() / "kubectl"
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        return [str(binary), *args], {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(self, *args: str, timeout: float = 60) -> str:
+        argv, env = self._kubectl(*args)
         done = subprocess.run(
-            [str(binary), *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout,
-            check=False,
+            argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
         )
         if done.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
@@ -219,14 +219,12 @@ class Kube:
         self, namespace: str, pod: str, container: str, follow: bool = True
     ) -> LogFollower:
         """`kubectl logs --timestamps` of one container; with `follow`, read until it ends."""
-        binary = cluster.kubectl_dir() / "kubectl"
         flags = ["-f"] if follow else []
+        argv, env = self._kubectl(
+            "logs", *flags, "--timestamps", "-n", namespace, pod, "-c", container
+        )
         process = subprocess.Popen(
-            [str(binary), "logs", *flags, "--timestamps", "-n", namespace, pod, "-c", container],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
         )
         return LogFollower(process)
 

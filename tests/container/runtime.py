@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,20 +156,25 @@ def missing_packages() -> list[str]:
 
 
 def ensure_packages() -> None:
-    missing = missing_packages()
-    if not missing:
+    apt_install(missing_packages(), missing_packages)
+
+
+def apt_install(packages: Sequence[str], still_missing: Callable[[], list[str]]) -> None:
+    """Install what a setup lacks with Debian's apt, then check with `still_missing` that it
+    is there; each failure is a SetupError of one line."""
+    if not packages:
         return
     if not shutil.which("apt-get"):
-        raise SetupError(f"missing {', '.join(missing)} and there is no apt-get to install them")
+        raise SetupError(f"missing {', '.join(packages)} and there is no apt-get to install them")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (
         ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", *missing],
+        ["apt-get", "install", "-y", "-qq", *packages],
     ):
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SetupError(f"{' '.join(command[:2])} failed: {last_line(done.stderr)}")
-    if still := missing_packages():
+    if still := still_missing():
         raise SetupError(f"apt-get installed, but {', '.join(still)} still missing")
 
 
