@@ -15,8 +15,13 @@ imports nothing outside the standard library, so a worker may vendor it as it is
 
 `AsyncSidecarClient` has the same methods as coroutines. The socket is the `socket_path`
 argument, else `DYN_SIDECAR_SOCKET`, else `/var/run/dynamo/health.sock`. Every failure is a
-`SidecarError`: `SidecarUnavailable` when nothing answers on the socket (the only kind that
-`Retry` retries) and `SidecarRejected` when the sidecar refuses a request.
+`SidecarError`: `SidecarUnavailable` when the sidecar cannot take the request now (nothing
+answers on the socket, the answer is cut short, or the sidecar answers 503), the only kind
+that `Retry` retries, and `SidecarRejected` when the sidecar refuses a request.
+
+Both clients read answers with the small HTTP/1.1 readers below, one grammar parsed by the
+same functions, rather than with `http.client`, which takes a connection closed among the
+headers for their end: a sidecar killed mid-answer must be told apart from one that answered.
 """
 
 from __future__ import annotations
@@ -24,14 +29,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import io
 import json
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -66,12 +73,19 @@ RECONNECT_MAX_BACKOFF = 0.5
 # Before Python 3.10 (socket) and 3.11 (asyncio) these are not the builtin TimeoutError.
 TIMEOUTS: tuple[type[Exception], ...] = (TimeoutError, socket.timeout, asyncio.TimeoutError)
 STREAM_FAILURES: tuple[type[Exception], ...] = (OSError, *TIMEOUTS)
+# asyncio's default stream limit, which the sync reader keeps to as well.
+MAX_LINE = 2**16
+LINE_TOO_LONG = f"a line of the answer is longer than {MAX_LINE} bytes"
+# The one error of an answer cut short, wherever the cut fell and whichever client saw it.
+HUNG_UP = "the sidecar hung up before its answer ended"
 # The first line of a session is about 30 bytes; anything longer is not the sidecar.
 MAX_SESSION_LINE = 4096
 
 EndpointStatus = Literal["ready", "notready"]
 JSONObject = dict[str, Any]
-Answer = tuple[int, bytes]
+Headers = Mapping[str, str]
+# The status code, the headers (names lowercased) and the whole body of an answer.
+Answer = tuple[int, Headers, bytes]
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
@@ -99,15 +113,31 @@ class SidecarError(Exception):
 
 
 class SidecarUnavailable(SidecarError):
-    """Nothing answered on the socket: it is missing, refuses, hangs or hung up.
+    """The sidecar cannot take the request now; the only error `Retry` retries.
 
-    A worker that starts before its sidecar sees this; it is the only error `Retry` retries.
+    Either nothing answered on the socket (it is missing, refuses, hangs, or hung up before
+    its answer ended, as a sidecar killed mid-answer does) and `error` is the socket's error;
+    or the sidecar answered 503 (it applied a change it could not save to its state file yet,
+    or it is stopping and takes no more changes) and `error` is that answer as a
+    `SidecarRejected`, with the sidecar's message. `retry_after` is the seconds of a 503's
+    `Retry-After`, when it had one. A worker that starts before its sidecar sees this.
     """
 
-    def __init__(self, socket_path: str, error: BaseException, timeout: float | None = None):
+    def __init__(
+        self,
+        socket_path: str,
+        error: BaseException,
+        timeout: float | None = None,
+        retry_after: float | None = None,
+    ):
         self.socket_path = socket_path
         self.error = error
-        if isinstance(error, TIMEOUTS) and timeout is not None:
+        self.retry_after = retry_after
+        if isinstance(error, SidecarRejected):
+            where = f" {error.request}" if error.request else ""
+            message = f"the sidecar at {socket_path} answered{where} with {error.status}: "
+            message += error.message
+        elif isinstance(error, TIMEOUTS) and timeout is not None:
             message = f"no answer from the sidecar at {socket_path} within {timeout:g}s"
         else:
             message = f"no sidecar at {socket_path}: {error}"
@@ -115,7 +145,8 @@ class SidecarUnavailable(SidecarError):
 
 
 class SidecarRejected(SidecarError):
-    """The sidecar answered 4xx or 5xx: the request is wrong, and retrying will not help.
+    """The sidecar answered 4xx or 5xx other than 503: the request is wrong, and retrying
+    will not help.
 
     `status` is the HTTP status code and `message` the sidecar's `error` line, which says what
     is wrong and what is allowed.
@@ -146,10 +177,38 @@ def rejection(status: int, body: bytes, request: str) -> SidecarRejected:
     return SidecarRejected(status, message, request)
 
 
-def decode_answer(status: int, body: bytes, request: str) -> JSONObject:
-    """The JSON object of a 2xx answer; raise the matching error for anything else."""
+def is_number(text: str) -> bool:
+    """Decimal digits only: `str.isdigit` also takes `²`, which `int` refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def retry_after_seconds(headers: Headers) -> float | None:
+    """The seconds of `Retry-After`; None without it, or for the HTTP-date form, which the
+    sidecar does not send (a clock skewed between containers would make it meaningless)."""
+    value = headers.get("retry-after", "").strip()
+    return float(value) if is_number(value) else None
+
+
+def refusal(answer: Answer, request: str, socket_path: str) -> SidecarError:
+    """The error for a 4xx/5xx answer: a 503 is the sidecar unavailable for now, which
+    `Retry` retries; every other status is a refusal, as it always was."""
+    status, headers, body = answer
+    refused = rejection(status, body, request)
+    if status == 503:
+        return SidecarUnavailable(socket_path, refused, retry_after=retry_after_seconds(headers))
+    return refused
+
+
+def decode_answer(
+    answer: Answer, request: str, socket_path: str, if_404: JSONObject | None = None
+) -> JSONObject:
+    """The JSON object of a 2xx answer, or `if_404` for a 404 when given; raise the matching
+    error for anything else."""
+    status, _, body = answer
+    if status == 404 and if_404 is not None:
+        return if_404
     if status >= 400:
-        raise rejection(status, body, request)
+        raise refusal(answer, request, socket_path)
     try:
         decoded = json.loads(body)
     except ValueError as exc:
@@ -166,10 +225,20 @@ def decode_answer(status: int, body: bytes, request: str) -> JSONObject:
 class Retry:
     """How often to try again when the sidecar is unavailable; the worker chooses.
 
-    Only `SidecarUnavailable` is retried, never a refusal: a 4xx will not change. The wait
-    before retry `n` (1-based) is uniform in `[0, min(max_backoff, backoff * 2**(n-1))]`
-    ("full jitter"), so many workers restarting together do not hit the sidecar in step.
-    The default makes one attempt.
+    Only `SidecarUnavailable` is retried, never a refusal: a 4xx (or a 500) will not change.
+    That includes an answer cut short, whose request may have taken effect before the sidecar
+    died, and a 503 for a change applied but not yet saved. Both are safe to retry because
+    every call of the clients is idempotent, doing it twice ends in the state doing it once
+    does: an endpoint set to what it already is, a heartbeat, a read, an instance registered
+    again (answered 200 instead of 201, with the same body) or removed again (see
+    `SidecarClient.remove_instances`). A timeout after the request was sent was retried
+    on the same grounds before.
+
+    The wait before retry `n` (1-based) is uniform in `[0, min(max_backoff, backoff *
+    2**(n-1))]` ("full jitter"), so many workers restarting together do not hit the sidecar
+    in step. After a 503 with `Retry-After`, the wait is at least that many seconds, but never
+    more than `max_backoff`: the sidecar's hint raises the floor, the worker's bound on any
+    one wait stays the ceiling. The default makes one attempt.
     """
 
     attempts: int = 1
@@ -212,6 +281,8 @@ class Retry:
 
     def _note_failure(self, attempt: int, exc: SidecarUnavailable) -> float:
         wait = self.delay(attempt)
+        if exc.retry_after is not None:
+            wait = max(wait, min(exc.retry_after, self.max_backoff))
         logger.debug("attempt %d of %d: %s; retrying in %.3fs", attempt, self.attempts, exc, wait)
         return wait
 
@@ -257,6 +328,15 @@ def instance_body(
     return request_body(fields)
 
 
+def instance_path(instance_id: int) -> str:
+    return f"/v1/instances/{quote(str(instance_id), safe='')}"
+
+
+def none_removed(instance_id: int) -> JSONObject:
+    """The answer of a retried delete that found the instances gone (see `remove_instances`)."""
+    return {"instance_id": instance_id, "removed": 0}
+
+
 def request_headers(body: bytes | None, keep_alive: bool = False) -> dict[str, str]:
     headers = {"Host": "sidecar", "Accept": "application/json"}
     if not keep_alive:
@@ -267,65 +347,178 @@ def request_headers(body: bytes | None, keep_alive: bool = False) -> dict[str, s
     return headers
 
 
+def encode_request(method: str, path: str, body: bytes | None, keep_alive: bool = False) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in request_headers(body, keep_alive).items()
+    )
+    return (head + "\r\n").encode("latin-1") + (body or b"")
+
+
+def connect_unix(socket_path: str, timeout: float | None) -> socket.socket:
+    """A stream socket connected to `socket_path`; `timeout` bounds each of its operations."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
-    """`http.client` over the sidecar's Unix socket instead of TCP."""
+    """`http.client` over the sidecar's Unix socket instead of TCP, for callers of its API.
+
+    The clients here do not use it: see the module's docstring.
+    """
 
     def __init__(self, socket_path: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         super().__init__("sidecar", timeout=timeout)
         self.socket_path = socket_path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        self.sock = connect_unix(self.socket_path, self.timeout)
 
 
-def send_request(
-    connection: UnixHTTPConnection,
-    method: str,
-    path: str,
-    body: bytes | None,
-    keep_alive: bool = False,
-) -> http.client.HTTPResponse:
-    """Send a request and return its answer, even one that came before the body was read.
+@contextlib.contextmanager
+def stream_failures(socket_path: str, timeout: float) -> Iterator[None]:
+    """The socket's failures as client errors, the same for both clients.
+
+    An answer cut short (the connection closed before the status line, among the headers or
+    in the body: `EOFError`, asyncio's `IncompleteReadError` among them) is the sidecar
+    unavailable, as when it is not there at all: a sidecar killed mid-answer is restarting.
+    """
+    try:
+        yield
+    except STREAM_FAILURES as exc:
+        raise SidecarUnavailable(socket_path, exc, timeout) from exc
+    except EOFError as exc:
+        raise SidecarUnavailable(socket_path, ConnectionResetError(HUNG_UP), timeout) from exc
+    except asyncio.LimitOverrunError as exc:
+        raise SidecarProtocolError(LINE_TOO_LONG) from exc
+
+
+# -- reading answers --------------------------------------------------------------------------
+
+
+def parse_status_line(line: bytes) -> int:
+    """The status code of an HTTP/1.1 status line."""
+    parts = line.decode("latin-1").split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not is_number(parts[1]):
+        raise SidecarProtocolError(f"not an HTTP/1.1 status line: {line!r}")
+    return int(parts[1])
+
+
+def parse_header_line(line: bytes) -> tuple[str, str]:
+    """A header's name, lowercased, and its value."""
+    name, colon, value = line.decode("latin-1").partition(":")
+    if not colon:
+        raise SidecarProtocolError(f"not an HTTP header line: {line!r}")
+    return name.strip().lower(), value.strip()
+
+
+def parse_chunk_size(line: bytes, limit: int | None) -> int:
+    """The size of the chunk a chunk-size line announces, at most `limit` when given."""
+    digits = line.split(b";", 1)[0].strip()
+    if not re.fullmatch(rb"[0-9A-Fa-f]+", digits):
+        raise SidecarProtocolError(f"not a chunk size: {line!r}")
+    size = int(digits, 16)
+    if limit is not None and size > limit:
+        raise SidecarProtocolError(f"a chunk of {size} bytes, where at most {limit} were expected")
+    return size
+
+
+def content_length(headers: Headers) -> int | None:
+    length = headers.get("content-length")
+    if length is not None and not is_number(length):
+        raise SidecarProtocolError(f"not a Content-Length: {length!r}")
+    return None if length is None else int(length)
+
+
+def is_chunked(headers: Headers) -> bool:
+    return "chunked" in headers.get("transfer-encoding", "").lower()
+
+
+def read_line(answer: io.BufferedReader) -> bytes:
+    """One line, up to its LF (its CRLF from the sidecar): a line without one was cut short."""
+    line = answer.readline(MAX_LINE + 1)
+    if line.endswith(b"\n"):
+        return line
+    if len(line) > MAX_LINE:
+        raise SidecarProtocolError(LINE_TOO_LONG)
+    raise EOFError(HUNG_UP)
+
+
+def read_exactly(answer: io.BufferedReader, size: int) -> bytes:
+    data = answer.read(size)
+    if len(data) < size:
+        raise EOFError(HUNG_UP)
+    return data
+
+
+def read_head(answer: io.BufferedReader) -> tuple[int, dict[str, str]]:
+    """The status code and the headers of an answer, through the empty line that ends them."""
+    status = parse_status_line(read_line(answer))
+    headers: dict[str, str] = {}
+    while (line := read_line(answer)) != b"\r\n":
+        name, value = parse_header_line(line)
+        headers[name] = value
+    return status, headers
+
+
+def read_chunk(answer: io.BufferedReader, limit: int | None = None) -> bytes:
+    """One chunk of a chunked body; empty for the last one."""
+    size = parse_chunk_size(read_line(answer), limit)
+    if size == 0:
+        return b""
+    data = read_exactly(answer, size)
+    if read_exactly(answer, 2) != b"\r\n":
+        raise SidecarProtocolError("a chunk does not end with CRLF")
+    return data
+
+
+def read_body(answer: io.BufferedReader, headers: Headers) -> bytes:
+    """The whole body: chunked, by Content-Length, or up to the end of the connection.
+
+    Only the last kind cannot tell a cut from an end; the sidecar never sends it.
+    """
+    if is_chunked(headers):
+        body = bytearray()
+        while chunk := read_chunk(answer):
+            body += chunk
+        return bytes(body)
+    length = content_length(headers)
+    return answer.read() if length is None else read_exactly(answer, length)
+
+
+def send(sock: socket.socket, request: bytes) -> None:
+    """Send a request; a hang-up while sending leaves an early answer to read.
 
     The sidecar may refuse a request from its path alone (a bad endpoint name, say), answer,
     and hang up before the body arrives; sending the body then fails, but the answer is
     already here to be read, as curl and httpx read it.
     """
-    headers = request_headers(body, keep_alive)
-    try:
-        connection.request(method, path, body=body, headers=headers)
-    except (BrokenPipeError, ConnectionResetError):
-        if connection.sock is None:
-            raise
-    return connection.getresponse()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(request)
 
 
 def send_once(
     socket_path: str, timeout: float, method: str, path: str, body: bytes | None
 ) -> Answer:
-    """One request on a new connection: the status code and the whole body.
+    """One request on a new connection: the status code, the headers and the whole body.
 
     `timeout` bounds each socket operation (connect, send, each read).
     """
-    connection = UnixHTTPConnection(socket_path, timeout)
-    try:
-        response = send_request(connection, method, path, body)
-        return response.status, response.read()
-    except OSError as exc:
-        raise SidecarUnavailable(socket_path, exc, timeout) from exc
-    except http.client.HTTPException as exc:
-        raise SidecarProtocolError(
-            f"the answer from {socket_path} to {method} {path} is not HTTP/1.1: {exc!r}"
-        ) from exc
-    finally:
-        connection.close()
+    with stream_failures(socket_path, timeout), connect_unix(socket_path, timeout) as sock:
+        return exchange(sock, encode_request(method, path, body))
+
+
+def exchange(sock: socket.socket, request: bytes) -> Answer:
+    """Send `request` and read the whole answer to it."""
+    with sock.makefile("rb") as answer:
+        send(sock, request)
+        status, headers = read_head(answer)
+        return status, headers, read_body(answer, headers)
 
 
 # -- the sync client --------------------------------------------------------------------------
@@ -380,8 +573,17 @@ class SidecarClient:
         return self._call("POST", "/v1/instances", body)
 
     def remove_instances(self, instance_id: int) -> JSONObject:
-        """`DELETE /v1/instances/{id}`: every instance with that id; 404 when there is none."""
-        return self._call("DELETE", f"/v1/instances/{quote(str(instance_id), safe='')}")
+        """`DELETE /v1/instances/{id}`: every instance with that id; 404 when there is none.
+
+        A retry finds none if the attempt before it took effect (its answer cut short, or a
+        503 for a removal not yet saved); a 404 to a retry is therefore answered
+        `{"instance_id": id, "removed": 0}`, not raised: what the worker asked for, no
+        instance with that id, holds, and `removed` counts what the answered attempt removed.
+        Which attempt removed them, or whether they ever existed, cannot be told then; a 404
+        to the first attempt is still `SidecarRejected`, since then none existed.
+        """
+        gone = none_removed(instance_id)
+        return self._call("DELETE", instance_path(instance_id), if_retry_404=gone)
 
     def heartbeat(self, pid: int | None = None) -> JSONObject:
         """`POST /v1/heartbeat`: the worker is alive (and, with a pid, which process it is)."""
@@ -409,6 +611,9 @@ class SidecarClient:
 
         With `reconnect`, a daemon thread opens the session again whenever the sidecar
         restarts (the held answer ends), so the new sidecar watches this worker too.
+        Opening is retried under the client's `Retry` like any call, an opening cut short or
+        answered 503 included: its connection is closed either way, which a sidecar still
+        there counts as that session's end, so another attempt is a new session.
         """
         session = Session(self.socket_path, self.timeout, pid)
         self.retry.call(session.connect)
@@ -416,12 +621,23 @@ class SidecarClient:
             session.follow_restarts()
         return session
 
-    def _call(self, method: str, path: str, body: bytes | None = None) -> JSONObject:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        if_retry_404: JSONObject | None = None,
+    ) -> JSONObject:
+        """One request under `self.retry`; `if_retry_404` answers a 404 to a retry."""
         request = f"{method} {path}"
+        attempts = 0
 
         def attempt() -> JSONObject:
-            status, data = send_once(self.socket_path, self.timeout, method, path, body)
-            return decode_answer(status, data, request)
+            nonlocal attempts
+            attempts += 1
+            answer = send_once(self.socket_path, self.timeout, method, path, body)
+            if_404 = if_retry_404 if attempts > 1 else None
+            return decode_answer(answer, request, self.socket_path, if_404)
 
         return self.retry.call(attempt)
 
@@ -539,9 +755,8 @@ class Session:
         self.last_error: Exception | None = None
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._connection: UnixHTTPConnection | None = None
-        self._response: http.client.HTTPResponse | None = None
         self._socket: socket.socket | None = None
+        self._answer: io.BufferedReader | None = None
         self._follower: threading.Thread | None = None
 
     @property
@@ -550,39 +765,35 @@ class Session:
 
     def connect(self) -> int:
         """Open the session and return its life number; replaces a connection already held."""
-        connection = UnixHTTPConnection(self.socket_path, self.timeout)
-        try:
-            life, response = self._open(connection)
-        except BaseException:
-            connection.close()
-            raise
+        with stream_failures(self.socket_path, self.timeout):
+            sock = connect_unix(self.socket_path, self.timeout)
+            answer = sock.makefile("rb")
+            try:
+                life = self._open(sock, answer)
+            except BaseException:
+                _close(sock, answer)
+                raise
+        # Held from now on: no timeout, a read only ends when the sidecar or the kernel does.
+        sock.settimeout(None)
         with self._lock:
             if self._closing.is_set():
-                _hang_up(connection.sock)
-                connection.close()
+                _hang_up(sock)
+                _close(sock, answer)
                 raise SidecarError("the session was closed while it was being opened")
             self._drop_locked()
-            self._connection, self._response = connection, response
-            self._socket, self.life = connection.sock, life
+            self._socket, self._answer, self.life = sock, answer, life
         return life
 
-    def _open(self, connection: UnixHTTPConnection) -> tuple[int, http.client.HTTPResponse]:
-        body = pid_body(self.pid)
-        request = "POST /v1/session"
-        try:
-            response = send_request(connection, "POST", "/v1/session", body, keep_alive=True)
-            if response.status != 200:
-                raise rejection(response.status, response.read(), request)
-            line = response.readline(MAX_SESSION_LINE)
-            life = parse_session_line(line, self.socket_path)
-        except OSError as exc:
-            raise SidecarUnavailable(self.socket_path, exc, self.timeout) from exc
-        except http.client.HTTPException as exc:
-            raise SidecarProtocolError(f"{request} to {self.socket_path}: {exc!r}") from exc
-        # Held from now on: no timeout, a read only ends when the sidecar or the kernel does.
-        assert connection.sock is not None
-        connection.sock.settimeout(None)
-        return life, response
+    def _open(self, sock: socket.socket, answer: io.BufferedReader) -> int:
+        """`AsyncSession._open`, line for line."""
+        send(sock, encode_request("POST", "/v1/session", pid_body(self.pid), keep_alive=True))
+        status, headers = read_head(answer)
+        if status != 200:
+            answered = (status, headers, read_body(answer, headers))
+            raise refusal(answered, "POST /v1/session", self.socket_path)
+        if not is_chunked(headers):
+            raise SidecarProtocolError("the session's answer is not chunked")
+        return parse_session_line(read_chunk(answer, MAX_SESSION_LINE), self.socket_path)
 
     def follow_restarts(self) -> None:
         """Reopen the session from a daemon thread each time the sidecar ends it."""
@@ -614,11 +825,9 @@ class Session:
     def _drop_locked(self) -> None:
         # shutdown() first: it wakes the follower blocked reading, and the sidecar sees EOF.
         _hang_up(self._socket)
-        if self._response is not None:
-            self._response.close()
-        if self._connection is not None:
-            self._connection.close()
-        self._connection = self._response = self._socket = None
+        if self._socket is not None and self._answer is not None:
+            _close(self._socket, self._answer)
+        self._socket = self._answer = None
 
     def _follow(self) -> None:
         while not self._closing.is_set():
@@ -631,11 +840,11 @@ class Session:
 
     def _wait_for_end(self) -> None:
         """Block until the held answer ends: the sidecar stopped, or the socket was closed."""
-        response = self._response
+        answer = self._answer
         try:
-            while response is not None and response.read1(4096):
+            while answer is not None and read_chunk(answer):
                 pass
-        except Exception:  # a reset, or close() racing this read: the answer ended either way
+        except Exception:  # a hang-up, or close() racing this read: the answer ended either way
             pass
 
     def _reopen(self) -> bool:
@@ -661,33 +870,32 @@ def _hang_up(sock: socket.socket | None) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
+def _close(sock: socket.socket, answer: io.BufferedReader) -> None:
+    """Close both: the socket's file descriptor stays open while its reader does."""
+    answer.close()
+    sock.close()
+
+
 # -- the async client -------------------------------------------------------------------------
 
 
-async def read_headers(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    """The status code and the headers (names lowercased) of an HTTP/1.1 answer."""
-    status_line = await reader.readuntil(b"\r\n")
-    parts = status_line.decode("latin-1").split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise SidecarProtocolError(f"not an HTTP/1.1 status line: {status_line!r}")
+async def async_read_line(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n")
+
+
+async def async_read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    """`read_head` on asyncio streams."""
+    status = parse_status_line(await async_read_line(reader))
     headers: dict[str, str] = {}
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        if line == b"\r\n":
-            return int(parts[1]), headers
-        name, colon, value = line.decode("latin-1").partition(":")
-        if not colon:
-            raise SidecarProtocolError(f"not an HTTP header line: {line!r}")
-        headers[name.strip().lower()] = value.strip()
+    while (line := await async_read_line(reader)) != b"\r\n":
+        name, value = parse_header_line(line)
+        headers[name] = value
+    return status, headers
 
 
-async def read_chunk(reader: asyncio.StreamReader) -> bytes:
-    """One chunk of a chunked body; empty for the last one."""
-    size_line = await reader.readuntil(b"\r\n")
-    try:
-        size = int(size_line.split(b";", 1)[0].strip(), 16)
-    except ValueError:
-        raise SidecarProtocolError(f"not a chunk size: {size_line!r}") from None
+async def async_read_chunk(reader: asyncio.StreamReader, limit: int | None = None) -> bytes:
+    """`read_chunk` on asyncio streams."""
+    size = parse_chunk_size(await async_read_line(reader), limit)
     if size == 0:
         return b""
     data = await reader.readexactly(size)
@@ -696,39 +904,25 @@ async def read_chunk(reader: asyncio.StreamReader) -> bytes:
     return data
 
 
-async def read_body(reader: asyncio.StreamReader, headers: Mapping[str, str]) -> bytes:
-    """The whole body: chunked, by Content-Length, or up to the end of the connection."""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
+async def async_read_body(reader: asyncio.StreamReader, headers: Headers) -> bytes:
+    """`read_body` on asyncio streams."""
+    if is_chunked(headers):
         body = bytearray()
-        while chunk := await read_chunk(reader):
+        while chunk := await async_read_chunk(reader):
             body += chunk
         return bytes(body)
-    length = headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise SidecarProtocolError(f"not a Content-Length: {length!r}")
-        return await reader.readexactly(int(length))
-    return await reader.read()
-
-
-def encode_request(method: str, path: str, body: bytes | None, keep_alive: bool = False) -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\n" + "".join(
-        f"{name}: {value}\r\n" for name, value in request_headers(body, keep_alive).items()
-    )
-    return (head + "\r\n").encode("latin-1") + (body or b"")
+    length = content_length(headers)
+    return await reader.read() if length is None else await reader.readexactly(length)
 
 
 async def within(socket_path: str, timeout: float, operation: Awaitable[T]) -> T:
     """Await `operation` for at most `timeout` seconds, with stream failures as client errors."""
-    try:
+    with stream_failures(socket_path, timeout):
         return await asyncio.wait_for(operation, timeout)
-    except STREAM_FAILURES as exc:
-        raise SidecarUnavailable(socket_path, exc, timeout) from exc
-    except asyncio.IncompleteReadError as exc:
-        hung_up = ConnectionResetError("the sidecar hung up before its answer ended")
-        raise SidecarUnavailable(socket_path, hung_up, timeout) from exc
-    except asyncio.LimitOverrunError as exc:
-        raise SidecarProtocolError(f"a line from {socket_path} is too long") from exc
+
+
+async def open_unix(socket_path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_unix_connection(socket_path, limit=MAX_LINE)
 
 
 async def send_async_request(writer: asyncio.StreamWriter, request: bytes) -> None:
@@ -750,11 +944,11 @@ async def async_send_once(
     """One request on a new connection, all of it (connect to last byte) within `timeout`."""
 
     async def exchange() -> Answer:
-        reader, writer = await asyncio.open_unix_connection(socket_path)
+        reader, writer = await open_unix(socket_path)
         try:
             await send_async_request(writer, encode_request(method, path, body))
-            status, headers = await read_headers(reader)
-            return status, await read_body(reader, headers)
+            status, headers = await async_read_head(reader)
+            return status, headers, await async_read_body(reader, headers)
         finally:
             await close_writer(writer)
 
@@ -809,8 +1003,10 @@ class AsyncSidecarClient:
         return await self._call("POST", "/v1/instances", body)
 
     async def remove_instances(self, instance_id: int) -> JSONObject:
-        """`DELETE /v1/instances/{id}`; 404 when there is none."""
-        return await self._call("DELETE", f"/v1/instances/{quote(str(instance_id), safe='')}")
+        """`DELETE /v1/instances/{id}`; 404 when there is none, and a 404 to a retry answered
+        as none removed (see `SidecarClient.remove_instances`)."""
+        gone = none_removed(instance_id)
+        return await self._call("DELETE", instance_path(instance_id), if_retry_404=gone)
 
     async def heartbeat(self, pid: int | None = None) -> JSONObject:
         """`POST /v1/heartbeat`: the worker is alive."""
@@ -838,18 +1034,30 @@ class AsyncSidecarClient:
     async def open_session(self, pid: int | None = None) -> AsyncSession:
         """Hold `POST /v1/session` open; see `SidecarClient.open_session`.
 
-        No reconnect here: for that, use the sync client's session, whose thread needs no loop.
+        Opening is retried as the sync client's is. No reconnect here: for that, use the
+        sync client's session, whose thread needs no loop.
         """
         session = AsyncSession(self.socket_path, self.timeout, pid)
         await self.retry.acall(session.connect)
         return session
 
-    async def _call(self, method: str, path: str, body: bytes | None = None) -> JSONObject:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        if_retry_404: JSONObject | None = None,
+    ) -> JSONObject:
+        """`SidecarClient._call` as a coroutine."""
         request = f"{method} {path}"
+        attempts = 0
 
         async def attempt() -> JSONObject:
-            status, data = await async_send_once(self.socket_path, self.timeout, method, path, body)
-            return decode_answer(status, data, request)
+            nonlocal attempts
+            attempts += 1
+            answer = await async_send_once(self.socket_path, self.timeout, method, path, body)
+            if_404 = if_retry_404 if attempts > 1 else None
+            return decode_answer(answer, request, self.socket_path, if_404)
 
         return await self.retry.acall(attempt)
 
@@ -912,7 +1120,7 @@ class AsyncSession:
 
     async def connect(self) -> int:
         """Open the session and return its life number; replaces a connection already held."""
-        opening = asyncio.open_unix_connection(self.socket_path)
+        opening = open_unix(self.socket_path)
         reader, writer = await within(self.socket_path, self.timeout, opening)
         try:
             life = await within(self.socket_path, self.timeout, self._open(reader, writer))
@@ -926,12 +1134,14 @@ class AsyncSession:
     async def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
         request = encode_request("POST", "/v1/session", pid_body(self.pid), keep_alive=True)
         await send_async_request(writer, request)
-        status, headers = await read_headers(reader)
+        status, headers = await async_read_head(reader)
         if status != 200:
-            raise rejection(status, await read_body(reader, headers), "POST /v1/session")
-        if "chunked" not in headers.get("transfer-encoding", "").lower():
+            answered = (status, headers, await async_read_body(reader, headers))
+            raise refusal(answered, "POST /v1/session", self.socket_path)
+        if not is_chunked(headers):
             raise SidecarProtocolError("the session's answer is not chunked")
-        return parse_session_line(await read_chunk(reader), self.socket_path)
+        first = await async_read_chunk(reader, MAX_SESSION_LINE)
+        return parse_session_line(first, self.socket_path)
 
     async def close(self) -> None:
         """End the session: the sidecar ends this worker's life."""

@@ -2,13 +2,15 @@
 
 Each call is judged by what the kubelet would see on the probe port afterwards. Fake
 listeners on a Unix socket stand in for a sidecar only where a real one cannot misbehave on
-demand: hanging up at once, never answering, refusing, or answering in chunks.
+demand: hanging up at once or mid-answer, never answering, refusing, answering 503, or
+answering in chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -29,6 +31,7 @@ from sidecar.client import (
     AsyncSidecarClient,
     Retry,
     SidecarClient,
+    SidecarProtocolError,
     SidecarRejected,
     SidecarUnavailable,
     resolve_socket,
@@ -95,13 +98,13 @@ def missing_path() -> Path:
     return short_socket_path().parent / "absent.sock"
 
 
-def read_request(conn: socket.socket) -> None:
-    """Read one HTTP request (headers and a Content-Length body) and ignore it."""
+def read_request(conn: socket.socket) -> bytes:
+    """Read one HTTP request (headers and a Content-Length body) and return it."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = conn.recv(65536)
         if not chunk:
-            return
+            return data
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     for line in head.split(b"\r\n"):
@@ -109,6 +112,7 @@ def read_request(conn: socket.socket) -> None:
         if name.strip().lower() == b"content-length":
             while len(body) < int(value):
                 body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
 
 
 @contextlib.contextmanager
@@ -153,8 +157,46 @@ def fake_sidecar(answer: bytes | None, hold: bool = False) -> Iterator[tuple[Pat
         server.close()
 
 
-def http_answer(status: str, body: bytes, chunked: bool = False) -> bytes:
+@contextlib.contextmanager
+def scripted_sidecar(*answers: bytes) -> Iterator[tuple[Path, list[bytes]]]:
+    """A stand-in that reads each connection's request, sends it the next of `answers` and
+    hangs up; once they run out, it hangs up without a word (a sidecar killed at once).
+
+    Yields its socket path and the requests it read, one per connection.
+    """
+    path = short_socket_path()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(16)
+    server.settimeout(0.02)
+    requests: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        script = list(answers)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2.0)
+                requests.append(read_request(conn))
+                conn.sendall(script.pop(0) if script else b"")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield path, requests
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+def http_answer(status: str, body: bytes, chunked: bool = False, headers: str = "") -> bytes:
     head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    head += headers
     if chunked:
         half = len(body) // 2
         chunks = b"".join(
@@ -364,6 +406,231 @@ def test_client_retry_defaults_to_one_attempt_and_patient_to_thirty() -> None:
     assert Retry.patient().attempts == 30
     with pytest.raises(ValueError, match="attempts must be at least 1"):
         Retry(attempts=0)
+
+
+# -- answers cut short, and 503 --------------------------------------------------------------
+
+HUNG_UP = "the sidecar hung up before its answer ended"
+NOT_SAVED = "the change is applied but the state file cannot be written: [Errno 28] No space"
+BEAT = b'{"life":1,"status":"alive"}'
+WHOLE = http_answer("200 OK", BEAT)
+CHUNKED = http_answer("200 OK", BEAT, chunked=True)
+# Where a sidecar SIGKILLed mid-answer may have cut it.
+CUTS = {
+    "before-the-status-line": b"",
+    "in-the-status-line": WHOLE[: len(b"HTTP/1.1 20")],
+    "among-the-headers": WHOLE[: WHOLE.index(b"content-length")],
+    "after-the-headers": WHOLE[: WHOLE.index(b"\r\n\r\n") + 4],
+    "in-the-body": WHOLE[:-5],
+    "in-a-chunk": CHUNKED[: CHUNKED.index(b"\r\n\r\n") + 10],
+}
+AFTER_THE_HEADERS = CUTS["after-the-headers"]
+SESSION_OPEN = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n"
+    b'\r\n1c\r\n{"life":5,"session":"open"}\n\r\n'
+)
+CALLS: dict[str, tuple[Any, ...]] = {
+    "ready": ("generate",),
+    "notready": ("generate",),
+    "set_endpoint": ("generate", "ready"),
+    "register_instance": ("dynamo", "backend", "generate", MAX_ID, TRANSPORT),
+    "remove_instances": (MAX_ID,),
+    "heartbeat": (4242,),
+    "status": (),
+    "worker": (),
+}
+FLAVOURS = ["sync", "async"]
+NO_RETRY = Retry()
+RETRIES = Retry(attempts=5, backoff=0.01)
+
+
+def unavailable_503(message: str, retry_after: str = "1") -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return http_answer("503 Service Unavailable", body, headers=f"retry-after: {retry_after}\r\n")
+
+
+def call(flavour: str, path: Path, retry: Retry, method: str, *args: Any) -> Any:
+    """`method` of the sync or of the async client, run to its end."""
+    if flavour == "sync":
+        return getattr(SidecarClient(path, retry=retry), method)(*args)
+    return asyncio.run(getattr(AsyncSidecarClient(path, retry=retry), method)(*args))
+
+
+def open_and_close_session(flavour: str, path: Path, retry: Retry) -> int | None:
+    """Open a session with the sync or the async client and close it; its life number."""
+    if flavour == "sync":
+        with SidecarClient(path, retry=retry).open_session() as session:
+            return session.life
+
+    async def main() -> int | None:
+        async with await AsyncSidecarClient(path, retry=retry).open_session() as held:
+            return held.life
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("cut", CUTS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_retries_an_answer_cut_short(flavour: str, cut: str) -> None:
+    with scripted_sidecar(CUTS[cut], WHOLE) as (path, requests):
+        assert call(flavour, path, RETRIES, "heartbeat") == {"life": 1, "status": "alive"}
+    assert len(requests) == 2
+
+
+@pytest.mark.parametrize("cut", CUTS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_answer_cut_short_is_unavailable_once_retries_run_out(
+    flavour: str, cut: str
+) -> None:
+    with (
+        scripted_sidecar(CUTS[cut]) as (path, requests),
+        pytest.raises(SidecarUnavailable) as caught,
+    ):
+        call(flavour, path, NO_RETRY, "heartbeat")
+    assert str(caught.value) == f"no sidecar at {path}: {HUNG_UP}"
+    assert len(requests) == 1
+
+
+@pytest.mark.parametrize("method", CALLS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_retries_every_call_the_same_after_a_cut(flavour: str, method: str) -> None:
+    with scripted_sidecar(AFTER_THE_HEADERS, WHOLE) as (path, requests):
+        assert call(flavour, path, RETRIES, method, *CALLS[method]) == json.loads(BEAT)
+    assert len(requests) == 2
+    assert requests[0] == requests[1]
+
+
+@pytest.mark.parametrize("first", ["cut", "503"])
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_remove_instances_takes_a_404_to_a_retry_as_none_removed(
+    flavour: str, first: str
+) -> None:
+    failed = AFTER_THE_HEADERS if first == "cut" else unavailable_503(NOT_SAVED)
+    gone = http_answer("404 Not Found", b'{"error":"no instance has instance_id 7"}')
+    with scripted_sidecar(failed, gone) as (path, requests):
+        assert call(flavour, path, RETRIES, "remove_instances", 7) == {
+            "instance_id": 7,
+            "removed": 0,
+        }
+    assert len(requests) == 2
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_remove_instances_rejects_a_404_to_its_first_attempt(flavour: str) -> None:
+    gone = http_answer("404 Not Found", b'{"error":"no instance has instance_id 7"}')
+    with scripted_sidecar(gone, gone) as (path, requests), pytest.raises(SidecarRejected) as caught:
+        call(flavour, path, RETRIES, "remove_instances", 7)
+    assert (caught.value.status, caught.value.message) == (404, "no instance has instance_id 7")
+    assert len(requests) == 1
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_retries_a_503(flavour: str) -> None:
+    retry = Retry(attempts=3, backoff=0.01, max_backoff=0.01)
+    with scripted_sidecar(unavailable_503(NOT_SAVED), WHOLE) as (path, requests):
+        assert call(flavour, path, retry, "ready", "generate") == json.loads(BEAT)
+    assert len(requests) == 2
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_503_is_unavailable_with_the_sidecars_message(flavour: str) -> None:
+    with (
+        scripted_sidecar(unavailable_503(NOT_SAVED)) as (path, _),
+        pytest.raises(SidecarUnavailable) as caught,
+    ):
+        call(flavour, path, NO_RETRY, "ready", "generate")
+    request = "PUT /v1/endpoints/generate"
+    assert str(caught.value) == f"the sidecar at {path} answered {request} with 503: {NOT_SAVED}"
+    assert caught.value.retry_after == 1.0
+    assert isinstance(caught.value.error, SidecarRejected)
+    assert (caught.value.error.status, caught.value.error.message) == (503, NOT_SAVED)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_waits_retry_after_at_most_max_backoff(flavour: str) -> None:
+    retry = Retry(attempts=2, backoff=0.0, max_backoff=0.3)  # no jitter: any wait is Retry-After
+    with scripted_sidecar(unavailable_503(NOT_SAVED), WHOLE) as (path, _):
+        start = time.monotonic()
+        call(flavour, path, retry, "heartbeat")
+        elapsed = time.monotonic() - start
+    assert 0.3 <= elapsed < 0.9
+
+
+def test_client_retry_after_is_the_floor_of_the_jittered_wait() -> None:
+    waits: list[float] = []
+    failures = [
+        SidecarUnavailable("/s", SidecarRejected(503, "not saved"), retry_after=1.0),
+        SidecarUnavailable("/s", SidecarRejected(503, "stopping"), retry_after=9.0),
+    ]
+
+    def operation() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "done"
+
+    assert Retry(attempts=3, backoff=0.1, max_backoff=2.0).call(operation, waits.append) == "done"
+    assert waits == [1.0, 2.0]
+
+
+def test_client_retry_after_as_a_date_is_ignored() -> None:
+    refusal = unavailable_503(NOT_SAVED, retry_after="Fri, 31 Dec 1999 23:59:59 GMT")
+    with scripted_sidecar(refusal) as (path, _), pytest.raises(SidecarUnavailable) as caught:
+        SidecarClient(path).heartbeat()
+    assert caught.value.retry_after is None
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_500_is_rejected_and_not_retried(flavour: str) -> None:
+    crashed = http_answer("500 Internal Server Error", b"Internal Server Error")
+    with (
+        scripted_sidecar(crashed, WHOLE) as (path, requests),
+        pytest.raises(SidecarRejected) as caught,
+    ):
+        call(flavour, path, RETRIES, "status")
+    assert (caught.value.status, caught.value.message) == (500, "Internal Server Error")
+    assert len(requests) == 1
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_refusal_after_a_cut_is_not_retried(flavour: str) -> None:
+    refused = http_answer("422 Unprocessable Entity", b'{"error":"no"}')
+    with (
+        scripted_sidecar(AFTER_THE_HEADERS, refused, WHOLE) as (path, requests),
+        pytest.raises(SidecarRejected) as caught,
+    ):
+        call(flavour, path, RETRIES, "ready", "generate")
+    assert (caught.value.status, caught.value.message) == (422, "no")
+    assert len(requests) == 2
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_answer_that_is_not_http_is_not_retried(flavour: str) -> None:
+    with (
+        scripted_sidecar(b"SSH-2.0-OpenSSH_9.6\r\n", WHOLE) as (path, requests),
+        pytest.raises(SidecarProtocolError) as caught,
+    ):
+        call(flavour, path, RETRIES, "status")
+    assert str(caught.value) == "not an HTTP/1.1 status line: b'SSH-2.0-OpenSSH_9.6\\r\\n'"
+    assert len(requests) == 1
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_session_opening_cut_short_is_retried(flavour: str) -> None:
+    cut = SESSION_OPEN[: SESSION_OPEN.index(b"transfer-encoding")]
+    with scripted_sidecar(cut, SESSION_OPEN) as (path, requests):
+        assert open_and_close_session(flavour, path, RETRIES) == 5
+    assert len(requests) == 2
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_client_session_503_is_unavailable_with_the_sidecars_message(flavour: str) -> None:
+    stopping = unavailable_503("the sidecar is stopping and takes no more changes")
+    with scripted_sidecar(stopping) as (path, _), pytest.raises(SidecarUnavailable) as caught:
+        open_and_close_session(flavour, path, NO_RETRY)
+    assert str(caught.value) == (
+        f"the sidecar at {path} answered POST /v1/session with 503: "
+        "the sidecar is stopping and takes no more changes"
+    )
 
 
 # -- heartbeats -------------------------------------------------------------------------------
