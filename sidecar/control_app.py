@@ -8,11 +8,12 @@ changes nothing (contract section 4). Errors are JSON `{"error": ...}` with 400 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.resources
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -24,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from sidecar.health import CapacityError, HealthState, Instance, Status
 from sidecar.settings import NAME_PATTERN, NAME_RULE, Mode, Settings
+from sidecar.statefile import NotSaved
 from sidecar.verdict import Verdicts, dumps, refusal_headers
 
 JSON = "application/json"
@@ -40,10 +42,29 @@ INSTANCE_OPTIONAL = ("model",)
 class ApiError(Exception):
     """A request the sidecar refuses, with the status code and the line the worker sees."""
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(
+        self, status_code: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        self.headers = headers
+
+
+async def nothing_to_save() -> None:
+    """The durability wait of a sidecar without a state file: every change is as durable
+    as it will ever be once it is applied."""
+
+
+async def once_saved(saved: Callable[[], Awaitable[None]], answer: Response) -> Response:
+    """The answer, once the state file holds the change it describes: a worker never repeats
+    a signal answered 2xx, so a 2xx must survive the sidecar being killed right after it.
+    The answer is made before the wait, so it says what this request changed."""
+    try:
+        await saved()
+    except NotSaved as exc:
+        raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
+    return answer
 
 
 def shown(value: object) -> str:
@@ -51,8 +72,10 @@ def shown(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)[:200]
 
 
-def json_response(value: object, status_code: int = 200) -> Response:
-    return Response(dumps(value), status_code=status_code, media_type=JSON)
+def json_response(
+    value: object, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(dumps(value), status_code=status_code, headers=headers, media_type=JSON)
 
 
 async def read_json(request: Request) -> Any:
@@ -159,10 +182,17 @@ class SessionEndpoint:
     the sidecar itself stops, the response is ended instead and the life goes on.
     """
 
-    def __init__(self, state: HealthState, clock: Callable[[], float], stopping: asyncio.Event):
+    def __init__(
+        self,
+        state: HealthState,
+        clock: Callable[[], float],
+        stopping: asyncio.Event,
+        saved: Callable[[], Awaitable[None]],
+    ):
         self.state = state
         self.clock = clock
         self.stopping = stopping
+        self.saved = saved
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -173,6 +203,11 @@ class SessionEndpoint:
             return
         token = self.state.open_session(self.clock(), pid)
         life = self.state.life.number
+        # The first line names the life, which the session may have begun: it waits for the
+        # file like any answer. A file that cannot be written does not refuse the session:
+        # the held connection is how the sidecar sees the worker die, saved or not.
+        with contextlib.suppress(NotSaved):
+            await self.saved()
         await send(
             {
                 "type": "http.response.start",
@@ -253,22 +288,23 @@ def build_control_app(
     clock: Callable[[], float] = time.monotonic,
     process_info: Callable[[], Mapping[str, object] | None] = lambda: None,
     checks_info: Callable[[], Mapping[str, object]] = dict,
+    saved: Callable[[], Awaitable[None]] = nothing_to_save,
 ) -> Starlette:
-    """The worker's API for one state; `process_info` is what the process watch sees."""
+    """The worker's API for one state; `process_info` is what the process watch sees, and
+    `saved` waits until the state file holds every change made so far."""
 
-    def endpoint_answer(name: str, status: Status) -> Response:
+    async def endpoint_answer(name: str, status: Status) -> Response:
         try:
             record = state.set_endpoint(name, status, clock())
         except CapacityError as exc:
             raise ApiError(422, str(exc)) from None
-        return json_response(
-            {
-                "endpoint": name,
-                "life": state.life.number,
-                "overall": verdicts.worker_status().value,
-                "status": record.status.value,
-            }
-        )
+        answer = {
+            "endpoint": name,
+            "life": state.life.number,
+            "overall": verdicts.worker_status().value,
+            "status": record.status.value,
+        }
+        return await once_saved(saved, json_response(answer))
 
     # Each handler reads the body before judging the path: refusing early would close the
     # connection under a client still sending its body (a broken pipe instead of an answer).
@@ -280,17 +316,17 @@ def build_control_app(
             raise ApiError(
                 422, 'missing field "status"; expected {"status": "ready"} or "notready"'
             )
-        return endpoint_answer(name, check_status(body["status"]))
+        return await endpoint_answer(name, check_status(body["status"]))
 
     async def post_ready(request: Request) -> Response:
         await read_json(request)
         name = check_name(request.path_params["name"], "endpoint name")
-        return endpoint_answer(name, Status.READY)
+        return await endpoint_answer(name, Status.READY)
 
     async def post_notready(request: Request) -> Response:
         await read_json(request)
         name = check_name(request.path_params["name"], "endpoint name")
-        return endpoint_answer(name, Status.NOTREADY)
+        return await endpoint_answer(name, Status.NOTREADY)
 
     async def post_instance(request: Request) -> Response:
         instance = parse_instance(await read_json(request))
@@ -303,7 +339,7 @@ def build_control_app(
             "instances": len(state.instances),
             "url": instance.url,
         }
-        return json_response(body, 201 if is_new else 200)
+        return await once_saved(saved, json_response(body, 201 if is_new else 200))
 
     async def delete_instance(request: Request) -> Response:
         await read_json(request)
@@ -317,12 +353,14 @@ def build_control_app(
         if not any(key[3] == instance_id for key in state.instances):
             raise ApiError(404, f"no instance has instance_id {instance_id}")
         removed = state.remove_instances(instance_id, clock())
-        return json_response({"instance_id": instance_id, "removed": removed})
+        answer = json_response({"instance_id": instance_id, "removed": removed})
+        return await once_saved(saved, answer)
 
     async def post_heartbeat(request: Request) -> Response:
         pid = check_pid(await read_json(request))
         state.heartbeat(clock(), pid)
-        return json_response({"life": state.life.number, "status": "alive"})
+        answer = json_response({"life": state.life.number, "status": "alive"})
+        return await once_saved(saved, answer)
 
     async def get_status(request: Request) -> Response:
         if settings.mode is Mode.FRONTEND:
@@ -339,7 +377,7 @@ def build_control_app(
 
     async def refuse(request: Request, exc: Exception) -> Response:
         if isinstance(exc, ApiError):
-            return json_response({"error": exc.message}, exc.status_code)
+            return json_response({"error": exc.message}, exc.status_code, exc.headers)
         assert isinstance(exc, HTTPException)
         headers = refusal_headers(exc.headers)
         if exc.status_code == 405:
@@ -361,7 +399,7 @@ def build_control_app(
         Route("/v1/instances", post_instance, methods=["POST"]),
         Route("/v1/instances/{instance_id}", delete_instance, methods=["DELETE"]),
         Route("/v1/heartbeat", post_heartbeat, methods=["POST"]),
-        Route("/v1/session", SessionEndpoint(state, clock, stopping), methods=["POST"]),
+        Route("/v1/session", SessionEndpoint(state, clock, stopping, saved), methods=["POST"]),
         Route("/v1/status", get_status, methods=["GET"]),
         Route("/v1/worker", get_worker, methods=["GET"]),
         Route("/v1/openapi.json", get_openapi, methods=["GET"]),

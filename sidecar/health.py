@@ -13,11 +13,15 @@ drops the instances it registered and fails the live path until the next life be
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 MAX_ENDPOINTS = 4096
 MAX_INSTANCES = 65536
+# What the instances may take in the state file: it and its temporary copy must fit the
+# chart's 16 MiB socket volume beside the endpoints (at most about 0.6 MiB of them).
+MAX_INSTANCE_BYTES = 6 * 1024 * 1024
 
 
 class Status(enum.Enum):
@@ -71,6 +75,21 @@ class Instance:
     instance_id: int
     transport: Mapping[str, object]
     model: bool
+    # The instance as the state file keeps it, encoded once: a write joins these, so saving
+    # the state after each change does not re-encode every instance.
+    record: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = {
+            "namespace": self.namespace,
+            "component": self.component,
+            "endpoint": self.endpoint,
+            "instance_id": self.instance_id,
+            "transport": self.transport,
+            "model": self.model,
+        }
+        encoded = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
+        object.__setattr__(self, "record", encoded)
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -162,6 +181,7 @@ class HealthState:
     _subscribers: list[Subscriber] = field(default_factory=list, init=False, repr=False)
     _open_sessions: set[int] = field(default_factory=set, init=False, repr=False)
     _last_session: int = field(default=0, init=False, repr=False)
+    _instance_bytes: int = field(default=0, init=False, repr=False)
     _change_listeners: list[Callable[[], None]] = field(
         default_factory=list, init=False, repr=False
     )
@@ -221,7 +241,7 @@ class HealthState:
             declared=life.declared,
             status_text=life.status_text,
             endpoints={name: record.status for name, record in self.endpoints.items()},
-            instances=tuple(self.sorted_instances()),
+            instances=tuple(self.instances.values()),
         )
 
     def restore(self, saved: SavedState, now: float) -> None:
@@ -250,6 +270,7 @@ class HealthState:
         for name in self.required:
             self.endpoints.setdefault(name, EndpointRecord(self.starting, now, said=self.starting))
         self.instances = {i.key: i for i in saved.instances} if saved.alive else {}
+        self._instance_bytes = sum(len(i.record) for i in self.instances.values())
         self._status = self._decide_status()
         self._status_since = now
         self._touch()
@@ -338,20 +359,27 @@ class HealthState:
 
     def register_instance(self, instance: Instance, now: float) -> bool:
         """Add (or replace) an instance; returns whether it was new."""
-        is_new = instance.key not in self.instances
-        if is_new and len(self.instances) >= MAX_INSTANCES:
+        old = self.instances.get(instance.key)
+        if old is None and len(self.instances) >= MAX_INSTANCES:
             raise CapacityError(f"the sidecar keeps at most {MAX_INSTANCES} instances")
+        size = self._instance_bytes + len(instance.record) - (0 if old is None else len(old.record))
+        if size > MAX_INSTANCE_BYTES:
+            raise CapacityError(
+                f"the instances would take {size} bytes in the state file; the sidecar keeps "
+                f"at most {MAX_INSTANCE_BYTES}"
+            )
         self._signal(now)
         self.instances[instance.key] = instance
+        self._instance_bytes = size
         self._touch()
-        return is_new
+        return old is None
 
     def remove_instances(self, instance_id: int, now: float) -> int:
         """Remove every instance with this id; returns how many there were."""
         self._signal(now)
         doomed = [key for key in self.instances if key[3] == instance_id]
         for key in doomed:
-            del self.instances[key]
+            self._instance_bytes -= len(self.instances.pop(key).record)
         if doomed:
             self._touch()
         return len(doomed)
@@ -359,7 +387,10 @@ class HealthState:
     def heartbeat(self, now: float, pid: int | None = None) -> None:
         """The worker says it is alive; the first heartbeat of a life arms the deadline."""
         self._signal(now, pid, activity=False)
+        first = self.life.last_heartbeat is None
         self.life.last_heartbeat = now
+        if first:
+            self._touch()  # the state file keeps whether the worker sends heartbeats
 
     def heartbeat_deadline(self) -> float | None:
         """When the worker's silence ends its life, or None when nothing is armed."""
@@ -436,6 +467,7 @@ class HealthState:
             record.said, record.held = Status.NOTREADY, ""
             self._settle(name, record, now)
         self.instances.clear()
+        self._instance_bytes = 0
         self.life.ended_at = now
         self.life.end_reason = reason
         self._touch()
@@ -471,8 +503,9 @@ class HealthState:
         self.life.last_signal = now
         if activity:
             self.life.last_activity = now
-        if pid is not None:
+        if pid is not None and pid != self.life.pid:
             self.life.pid = pid
+            self._touch()  # the state file keeps the pid
 
     def _begin_life(self, now: float) -> None:
         previous = self.life

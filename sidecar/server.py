@@ -25,7 +25,7 @@ import uvicorn
 
 from sidecar import kube, statefile
 from sidecar.active_checks import ActiveChecks
-from sidecar.control_app import build_control_app
+from sidecar.control_app import build_control_app, nothing_to_save
 from sidecar.health import HealthState, Subject, Transition
 from sidecar.heartbeat import HeartbeatWatch
 from sidecar.http_limits import BoundedHttpToolsProtocol
@@ -55,6 +55,22 @@ class Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def listen(self, sock: socket.socket) -> None:
+        """Serve one more listening socket, as `startup` serves those it was given; it is
+        closed with the others at shutdown."""
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        loop = asyncio.get_running_loop()
+        self.servers.append(await loop.create_server(create_protocol, sock=sock))
 
 
 def bind_probe_socket(host: str, port: int) -> socket.socket:
@@ -113,6 +129,46 @@ def bind_control_socket(path: Path) -> socket.socket:
     return sock
 
 
+class SocketFile:
+    """The worker's socket file: created at start, created again if someone deletes it
+    while the sidecar runs (a worker could not connect any more, while the probes went on
+    with a frozen state), and removed at the end only if it is still ours."""
+
+    CHECK_SECONDS = 0.5
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._inode: int | None = None
+
+    def bind(self) -> socket.socket:
+        sock = bind_control_socket(self.path)
+        self._inode = os.stat(self.path).st_ino
+        return sock
+
+    async def keep(self, server: Server, stopping: asyncio.Event) -> None:
+        """Until `stopping`: when the file is gone, bind it again and serve it too."""
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.CHECK_SECONDS)
+            if stopping.is_set() or self.path.exists():
+                continue
+            try:
+                sock = self.bind()
+            except StartupError as exc:
+                logger.warning("the worker's socket %s is gone and %s", self.path, exc)
+                continue
+            await server.listen(sock)
+            logger.warning(
+                "the worker's socket %s was deleted while the sidecar ran; created it again",
+                self.path,
+            )
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self._inode:
+                self.path.unlink()
+
+
 def _remove_stale_socket(path: Path) -> None:
     try:
         mode = path.lstat().st_mode
@@ -169,9 +225,20 @@ def start_watchers(
         loops.append(watch.run(stopping))
     if settings.heartbeat_timeout is not None:
         loops.append(HeartbeatWatch(state, clock).run(stopping))
-    if settings.state_file is not None:
-        loops.append(StateFileWriter(settings.state_file, state).run(stopping))
     return [asyncio.create_task(loop) for loop in loops]
+
+
+def watch_state_file(metrics: ProbeMetrics, writer: StateFileWriter) -> None:
+    metrics.add_counter(
+        "dynamo_sidecar_state_file_writes",
+        "Writes of the state file.",
+        lambda: writer.writes,
+    )
+    metrics.add_counter(
+        "dynamo_sidecar_state_file_write_failures",
+        "Writes of the state file that failed (each is tried again with backoff).",
+        lambda: writer.failures,
+    )
 
 
 def process_view(watch: ProcessWatch | None) -> dict[str, object] | None:
@@ -346,12 +413,12 @@ async def serve(settings: Settings) -> int:
         watch_kube(metrics, reporter)
 
     probe_sock = bind_probe_socket(settings.host, settings.port)
+    socket_file = SocketFile(settings.socket_path)
     try:
-        control_sock = bind_control_socket(settings.socket_path)
+        control_sock = socket_file.bind()
     except StartupError:
         probe_sock.close()
         raise
-    control_inode = os.stat(settings.socket_path).st_ino
     notify = None
     if settings.notify_socket is not None:
         notify = NotifyListener(settings.notify_socket, state, clock)
@@ -360,13 +427,17 @@ async def serve(settings: Settings) -> int:
         except NotifySocketError as exc:
             probe_sock.close()
             control_sock.close()
-            settings.socket_path.unlink(missing_ok=True)
+            socket_file.remove()
             raise StartupError(str(exc)) from None
         watch_notify(metrics, notify)
     # Both sockets are bound (connections wait in their backlogs), so a probe can only
     # ever see the restored state.
+    writer = None
     if settings.state_file is not None:
+        statefile.remove_leftovers(settings.state_file)
         restore(state, settings.state_file, clock(), settings.watch_process is not None)
+        writer = StateFileWriter(settings.state_file, state)
+        watch_state_file(metrics, writer)
 
     watch = None
     if settings.watch_process is not None:
@@ -376,15 +447,25 @@ async def serve(settings: Settings) -> int:
 
     probe = Server(uvicorn_config(build_probe_app(settings, verdicts, metrics, clock)))
     control_app = build_control_app(
-        settings, state, verdicts, stopping, clock, lambda: process_view(watch), checks.view
+        settings,
+        state,
+        verdicts,
+        stopping,
+        clock,
+        lambda: process_view(watch),
+        checks.view,
+        nothing_to_save if writer is None else writer.saved,
     )
     control = Server(uvicorn_config(control_app))
-    servers = [
-        asyncio.create_task(probe.serve(sockets=[probe_sock]), name="probe-server"),
-        asyncio.create_task(control.serve(sockets=[control_sock]), name="control-server"),
-    ]
+    probe_server = asyncio.create_task(probe.serve(sockets=[probe_sock]), name="probe-server")
+    control_server = asyncio.create_task(
+        control.serve(sockets=[control_sock]), name="control-server"
+    )
+    saving = asyncio.Event()
+    writing = None if writer is None else asyncio.create_task(writer.run(saving))
     watchers = start_watchers(settings, state, watch, stopping, clock)
     watchers += [asyncio.create_task(loop) for loop in checks.loops(stopping)]
+    watchers.append(asyncio.create_task(socket_file.keep(control, stopping)))
     logger.info(describe_start(settings, probe_sock, settings.socket_path))
     if reporter is not None:
         reporter.start()
@@ -401,7 +482,9 @@ async def serve(settings: Settings) -> int:
         )
 
     stopped = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopped, *servers], return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(
+        [stopped, probe_server, control_server], return_when=asyncio.FIRST_COMPLETED
+    )
     exit_code = 0
     if stopped in done:
         stop.clear()
@@ -412,21 +495,34 @@ async def serve(settings: Settings) -> int:
         stopped.cancel()
 
     # Ordered shutdown: stop the watchers and end held sessions (the worker's life goes
-    # on), stop both servers, then remove the socket file if it is still ours.
+    # on); stop the worker's socket, so nothing is answered after the last write; write
+    # the state a last time; stop the probes; remove the socket file if it is still ours.
     stopping.set()
     await asyncio.gather(*watchers, return_exceptions=True)
-    probe.should_exit = control.should_exit = True
-    await asyncio.gather(*servers, return_exceptions=True)
+    control.should_exit = True
+    await asyncio.gather(control_server, return_exceptions=True)
+    saving.set()
+    if writing is not None:
+        await asyncio.gather(writing, return_exceptions=True)
+    probe.should_exit = True
+    await asyncio.gather(probe_server, return_exceptions=True)
     if notify is not None:
         notify.close()
     if reporter is not None:
         # The drain's last events go out if the API answers within this.
         await reporter.aclose(KUBE_FLUSH_SECONDS)
-    with contextlib.suppress(OSError):
-        if os.stat(settings.socket_path).st_ino == control_inode:
-            settings.socket_path.unlink()
+    socket_file.remove()
+    ignore_late_signals(loop)
     logger.info("stopped")
     return exit_code
+
+
+def ignore_late_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Once everything is stopped, a signal changes nothing: it must not turn a clean exit
+    into death by signal. Closing the loop would restore the default handlers."""
+    for signum in (signal.SIGTERM, signal.SIGINT, *HABIT_SIGNALS):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
 
 
 async def drain(
@@ -445,5 +541,7 @@ async def drain(
     done, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     for waiter in pending:
         waiter.cancel()
-    if waits[1] in done:
+    if waits[0] in done:
+        logger.info("draining: a second signal; exiting now")
+    elif waits[1] in done:
         logger.info("draining: the worker's life has ended; exiting now")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
+import secrets
+import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,7 +25,11 @@ from sidecar.health import HealthState, Instance, SavedState, Status
 from sidecar.settings import NAME_PATTERN
 
 FORMAT = 1
-MAX_BYTES = 32 * 1024 * 1024
+# The largest state the limits allow (4,096 endpoints, 6 MiB of instances) with room to
+# spare; the file and its temporary copy still fit the chart's 16 MiB volume.
+MAX_BYTES = 7 * 1024 * 1024
+RETRY_FIRST_SECONDS = 0.1
+RETRY_MAX_SECONDS = 2.0
 MAX_U64 = 2**64 - 1
 FILE_MODE = 0o640
 
@@ -34,33 +41,36 @@ class CorruptStateFile(ValueError):
 
 
 def encode(saved: SavedState, written_at: float) -> bytes:
-    document = {
-        "format": FORMAT,
-        "written_at": written_at,
-        "life": {
-            "number": saved.life,
-            "alive": saved.alive,
-            "ever_ready": saved.ever_ready,
-            "pid": saved.pid,
-            "end_reason": saved.end_reason,
-            "heartbeats": saved.heartbeats,
-            "declared": saved.declared.value if saved.declared else None,
-            "status_text": saved.status_text,
-        },
-        "endpoints": {name: status.value for name, status in saved.endpoints.items()},
-        "instances": [
-            {
-                "namespace": i.namespace,
-                "component": i.component,
-                "endpoint": i.endpoint,
-                "instance_id": i.instance_id,
-                "transport": i.transport,
-                "model": i.model,
-            }
-            for i in saved.instances
-        ],
+    """The file's bytes: compact JSON, keys sorted, each instance's record as it was encoded
+    when the instance was registered (so a write costs a join, not an encoding, per instance)."""
+    life = {
+        "number": saved.life,
+        "alive": saved.alive,
+        "ever_ready": saved.ever_ready,
+        "pid": saved.pid,
+        "end_reason": saved.end_reason,
+        "heartbeats": saved.heartbeats,
+        "declared": saved.declared.value if saved.declared else None,
+        "status_text": saved.status_text,
     }
-    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    endpoints = {name: status.value for name, status in saved.endpoints.items()}
+    return b"".join(
+        (
+            b'{"endpoints":',
+            _compact(endpoints),
+            b',"format":%d,"instances":[' % FORMAT,
+            b",".join(instance.record for instance in saved.instances),
+            b'],"life":',
+            _compact(life),
+            b',"written_at":',
+            _compact(written_at),
+            b"}",
+        )
+    )
+
+
+def _compact(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
 def decode(data: bytes) -> SavedState:
@@ -167,21 +177,74 @@ def _instance(value: Any, n: int) -> Instance:
 
 
 def read(path: Path) -> SavedState | None:
-    """The saved state, None when there is no file, `CorruptStateFile` when it is bad."""
+    """The saved state, None when there is no file, `CorruptStateFile` when it is bad.
+
+    Opened so that nothing placed at the path can mislead or block the start: a symbolic
+    link is not followed, a FIFO or device does not block (`O_NONBLOCK`) and is refused
+    once `fstat` shows it is not a regular file.
+    """
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_BYTES + 1)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise CorruptStateFile(f"it cannot be read: {exc}") from None
+        if exc.errno == errno.ELOOP:
+            message = "it is a symbolic link, which the sidecar does not follow"
+            raise CorruptStateFile(message) from None
+        raise CorruptStateFile(f"it cannot be read: {exc.strerror}") from None
+    with os.fdopen(descriptor, "rb") as file:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise CorruptStateFile(f"it is not a regular file but {_kind(info.st_mode)}")
+        if info.st_size > MAX_BYTES:
+            raise CorruptStateFile(f"it has {info.st_size} bytes, over the limit of {MAX_BYTES}")
+        try:
+            data = file.read(MAX_BYTES + 1)
+        except OSError as exc:
+            raise CorruptStateFile(f"it cannot be read: {exc.strerror}") from None
     return decode(data)
 
 
+def _kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "something else")
+
+
+def _temporary_glob(path: Path) -> str:
+    return f".{path.name}.*.tmp"
+
+
+def remove_leftovers(path: Path) -> None:
+    """Remove the temporary copies a killed sidecar left beside the state file: each is as
+    large as the state, and a few would fill the chart's small in-memory volume."""
+    for leftover in path.parent.glob(_temporary_glob(path)):
+        try:
+            if stat.S_ISDIR(leftover.lstat().st_mode):
+                continue
+            leftover.unlink()
+        except OSError as exc:
+            logger.warning("cannot remove the leftover temporary file %s: %s", leftover, exc)
+            continue
+        logger.info(
+            "removed %s, a temporary copy of the state file left by a killed sidecar", leftover
+        )
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace the file in one step: a reader sees the old state or the new, never half."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    """Replace the file in one step: a reader sees the old state or the new, never half.
+
+    The temporary copy has a name nobody can predict and is created with `O_EXCL` and
+    `O_NOFOLLOW`, so a link or file planted beside the state file is never written through.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    descriptor = os.open(temporary, flags, FILE_MODE)
     try:
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
@@ -192,15 +255,27 @@ def write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             temporary.unlink()
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
 
 
+class NotSaved(Exception):
+    """A change is applied but the state file does not hold it yet; `str()` says why."""
+
+
 class StateFileWriter:
-    """Writes the latest state after each change, coalescing bursts, beside the event loop."""
+    """Keeps the state file up to date, beside the event loop, with group commit.
+
+    `saved()` returns once the file holds everything visible when it was called: every
+    request that arrives while a write is in flight shares the next write, so answering
+    only after the change is durable costs one write per burst, not one per request. A
+    failed write is tried again with backoff even when nothing changes, so a disk that
+    recovers while the worker is quiet does not leave a stale file; until one succeeds,
+    `saved()` refuses at once.
+    """
 
     def __init__(
         self, path: Path, state: HealthState, wall_clock: Callable[[], float] = time.time
@@ -210,38 +285,104 @@ class StateFileWriter:
         self.wall_clock = wall_clock
         self.writes = 0
         self.failures = 0
-        self._dirty = asyncio.Event()
-        self._failing = False
-        state.on_change(self._dirty.set)
+        self._held = -1  # the state's version the file holds; none yet
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._changed = asyncio.Event()
+        self._error: str | None = None
+        self._closed = False
+        state.on_change(self._changed.set)
+
+    async def saved(self) -> None:
+        """Wait until the file holds the state as it is now; `NotSaved` when it cannot."""
+        if self._closed:
+            raise NotSaved("the sidecar is stopping and takes no more changes")
+        version = self.state.version
+        if self._held >= version:
+            return
+        if self._error is not None:
+            # Refused at once: waiting for the next try would stall the worker for nothing.
+            raise NotSaved(self._error)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((version, waiter))
+        self._changed.set()
+        await waiter
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Write whenever the state changed, until `stop`; then write the last state once."""
+        """Write each change until `stop`; then write what is left once and close."""
         stopped = asyncio.ensure_future(stop.wait())
+        retry = RETRY_FIRST_SECONDS
         try:
             while not stop.is_set():
-                dirty = asyncio.ensure_future(self._dirty.wait())
-                await asyncio.wait({dirty, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                dirty.cancel()
-                if self._dirty.is_set():
+                if self._error is None:
+                    changed = asyncio.ensure_future(self._changed.wait())
+                    await asyncio.wait({changed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    changed.cancel()
+                else:
+                    # Backing off: a full disk is not tried again at the rate of the signals.
+                    await asyncio.wait({stopped}, timeout=retry)
+                    retry = min(retry * 2, RETRY_MAX_SECONDS)
+                if self._pending():
                     await self.write()
+                if self._error is None:
+                    retry = RETRY_FIRST_SECONDS
+            if self._pending():
+                await self.write()
         finally:
             stopped.cancel()
-        if self._dirty.is_set():
-            await self.write()
+            self._close()
+
+    def _pending(self) -> bool:
+        return self._held < self.state.version or bool(self._waiters)
 
     async def write(self) -> None:
-        # The bytes are taken on the loop, so they are one consistent state.
-        self._dirty.clear()
+        """Write the state as it is now; the bytes are taken on the loop, so they are one
+        consistent state, and written in a thread, so a slow disk never delays a probe."""
+        self._changed.clear()
+        version = self.state.version
         data = encode(self.state.save(), self.wall_clock())
         try:
             await asyncio.to_thread(write_atomic, self.path, data)
         except OSError as exc:
-            self.failures += 1
-            if not self._failing:
-                logger.warning("cannot write the state file %s: %s", self.path, exc)
-            self._failing = True
+            self._failed(version, exc)
             return
-        if self._failing:
-            logger.info("the state file %s is written again", self.path)
-        self._failing = False
+        if self._error is not None:
+            logger.info(
+                "the state file %s is written again; changes are acknowledged again", self.path
+            )
+        self._error = None
+        self._held = max(self._held, version)
         self.writes += 1
+        self._settle(version, None)
+
+    def _failed(self, version: int, exc: OSError) -> None:
+        self.failures += 1
+        if self._error is None:
+            logger.warning(
+                "cannot write the state file %s: %s; trying again with backoff, and changes "
+                "are answered 503 until it is written",
+                self.path,
+                exc,
+            )
+        self._error = (
+            f"the change is applied but the state file {self.path} cannot be written: "
+            f"[Errno {exc.errno}] {exc.strerror}"
+        )
+        self._settle(version, NotSaved(self._error))
+
+    def _settle(self, version: int, error: NotSaved | None) -> None:
+        """Answer every waiter the attempt at `version` covered."""
+        remaining = []
+        for wanted, waiter in self._waiters:
+            if wanted > version:
+                remaining.append((wanted, waiter))
+            elif not waiter.done():
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+        self._waiters = remaining
+
+    def _close(self) -> None:
+        self._closed = True
+        reason = self._error or "the sidecar stopped before the state file was written"
+        self._settle(self.state.version + 1, NotSaved(reason))

@@ -56,6 +56,9 @@ class Scale:
     worker_kills: int
     sidecar_restarts: int
     fault_seconds: float
+    # Durability: SIGKILLs 0-5 ms after an answer, and graceful stops, under signals.
+    acknowledged_kills: int
+    graceful_stops: int
 
 
 SHORT = Scale(
@@ -75,6 +78,8 @@ SHORT = Scale(
     worker_kills=2,
     sidecar_restarts=2,
     fault_seconds=1,
+    acknowledged_kills=10,
+    graceful_stops=3,
 )
 
 LONG = Scale(
@@ -94,6 +99,8 @@ LONG = Scale(
     worker_kills=10,
     sidecar_restarts=10,
     fault_seconds=10,
+    acknowledged_kills=200,
+    graceful_stops=20,
 )
 
 
