@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib.resources
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +31,7 @@ from sidecar.verdict import Verdicts, dumps, refusal_headers
 
 JSON = "application/json"
 MAX_BODY = 64 * 1024
+MAX_DEPTH = 32
 MAX_INSTANCE_ID = 2**64 - 1
 MAX_PID = 2**31 - 1
 # The socket API's own description (kept in the repository, checked by schemathesis).
@@ -95,14 +97,40 @@ async def read_json(request: Request) -> Any:
     if not body.strip():
         return None
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
+        value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    if _nesting(value) > MAX_DEPTH:
+        raise ApiError(422, f"the body nests deeper than {MAX_DEPTH} levels of arrays and objects")
+    return value
 
 
 def _refuse_constant(name: str) -> None:
     # Python's json takes NaN and Infinity, which no JSON client could read back.
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    # `1e400` would be read as infinity and served back as `Infinity`, which is not JSON.
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return number
+
+
+def _nesting(value: Any) -> int:
+    """How deep arrays and objects nest, without recursion: what is accepted is encoded
+    again later (the state file, the health path) by code that recurses, deeper in the stack."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                pending.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def require_object(value: Any, allowed: tuple[str, ...]) -> dict[str, Any]:

@@ -188,21 +188,38 @@ def read(path: Path) -> SavedState | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            message = "it is a symbolic link, which the sidecar does not follow"
-            raise CorruptStateFile(message) from None
-        raise CorruptStateFile(f"it cannot be read: {exc.strerror}") from None
-    with os.fdopen(descriptor, "rb") as file:
+        raise CorruptStateFile(_unopenable(path, exc)) from None
+    try:
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
             raise CorruptStateFile(f"it is not a regular file but {_kind(info.st_mode)}")
         if info.st_size > MAX_BYTES:
             raise CorruptStateFile(f"it has {info.st_size} bytes, over the limit of {MAX_BYTES}")
-        try:
-            data = file.read(MAX_BYTES + 1)
-        except OSError as exc:
-            raise CorruptStateFile(f"it cannot be read: {exc.strerror}") from None
+        data = _read_all(descriptor)
+    except OSError as exc:
+        raise CorruptStateFile(f"it cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(descriptor)
     return decode(data)
+
+
+def _read_all(descriptor: int) -> bytes:
+    chunks, size = [], 0
+    while size <= MAX_BYTES and (chunk := os.read(descriptor, 1024 * 1024)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _unopenable(path: Path, exc: OSError) -> str:
+    """Why the path cannot be opened, naming what is there when that is the reason."""
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link, which the sidecar does not follow"
+    with contextlib.suppress(OSError):
+        mode = path.lstat().st_mode
+        if not stat.S_ISREG(mode):
+            return f"it is not a regular file but {_kind(mode)}"
+    return f"it cannot be read: {exc.strerror}"
 
 
 def _kind(mode: int) -> str:

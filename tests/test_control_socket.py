@@ -955,6 +955,55 @@ def test_post_instance_non_json_number_is_refused(frontend: Sidecar, literal: by
     assert snapshot(frontend) == before
 
 
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1" + b"0" * 400 + b".0"])
+def test_post_instance_number_beyond_a_double_is_refused(frontend: Sidecar, number: bytes) -> None:
+    """Read as infinity, it would be served back as `Infinity`, which is not JSON."""
+    content = b'{"namespace": "dynamo", "component": "backend", "endpoint": "generate", '
+    content += b'"instance_id": 9, "transport": {"x": ' + number + b"}}"
+    before = snapshot(frontend)
+    response = control(frontend, "POST", "/v1/instances", content=content)
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        f"the body is not valid JSON: the number {number.decode()[:40]} is out of range"
+    )
+    assert snapshot(frontend) == before
+
+
+def nested(depth: int) -> object:
+    """A transport value `depth` levels of arrays and objects deep, counting the body's own."""
+    value: object = 1
+    for level in range(depth - 2):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def test_post_instance_nesting_over_the_limit_is_refused(frontend: Sidecar) -> None:
+    before = snapshot(frontend)
+    body = {**INSTANCE, "transport": {"deep": nested(33)}}
+    response = control(frontend, "POST", "/v1/instances", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"] == (
+        "the body nests deeper than 32 levels of arrays and objects"
+    )
+    assert snapshot(frontend) == before
+
+
+def test_post_instance_nesting_at_the_limit_is_served_and_saved(
+    run_sidecar: RunSidecar, tmp_path: Path
+) -> None:
+    state_file = tmp_path / "deep.state.json"
+    env = {"DYN_SIDECAR_MODE": "frontend", "DYN_SIDECAR_STATE_FILE": str(state_file)}
+    sidecar = run_sidecar(env)
+    transport = {"deep": nested(32)}
+    body = {**INSTANCE, "transport": transport}
+    assert control(sidecar, "POST", "/v1/instances", json=body).status_code == 201
+    assert sidecar.probe("/health").json()["instances"][0]["transport"] == transport
+    sidecar.process.kill()
+    sidecar.process.wait(timeout=5)
+    again = run_sidecar({**env, "DYN_SIDECAR_SOCKET": str(sidecar.socket_path)})
+    assert again.probe("/health").json()["instances"][0]["transport"] == transport
+
+
 PID_OBJECT = "the body must be a JSON object with the fields pid"
 
 

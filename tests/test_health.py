@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from sidecar.health import (
     MAX_ENDPOINTS,
+    MAX_INSTANCE_BYTES,
     CapacityError,
     HealthState,
     Instance,
@@ -266,6 +267,37 @@ def test_health_endpoint_count_is_bounded() -> None:
     with pytest.raises(CapacityError):
         state.set_endpoint("one-more", READY, 101.0)
     assert len(state.endpoints) == MAX_ENDPOINTS
+
+
+def big_instance(n: int) -> Instance:
+    """Instances of one size: ids of as many digits, a transport near the body limit."""
+    return Instance("dynamo", "backend", "generate", 1000 + n, {"t": "x" * 60_000}, True)
+
+
+def test_health_instances_are_bounded_by_their_size_in_the_state_file() -> None:
+    state, _ = make_state()
+    size = len(big_instance(0).record)
+    fits = MAX_INSTANCE_BYTES // size
+    for n in range(fits):
+        state.register_instance(big_instance(n), 101.0)
+    version = state.version
+    with pytest.raises(CapacityError) as refused:
+        state.register_instance(big_instance(fits), 101.0)
+    assert str(refused.value) == (
+        f"the instances would take {(fits + 1) * size} bytes in the state file; the sidecar "
+        f"keeps at most {MAX_INSTANCE_BYTES}"
+    )
+    assert len(state.instances) == fits and state.version == version
+
+
+def test_health_removed_and_replaced_instances_give_their_bytes_back() -> None:
+    state, _ = make_state()
+    fits = MAX_INSTANCE_BYTES // len(big_instance(0).record)
+    for n in range(fits):
+        state.register_instance(big_instance(n), 101.0)
+    state.register_instance(big_instance(0), 102.0)  # replaced: the same size again
+    state.remove_instances(1001, 102.0)
+    assert state.register_instance(big_instance(fits), 103.0) is True
 
 
 def test_health_drain_is_a_transition_and_leaves_liveness_alone() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import resource
 import signal
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -245,3 +247,18 @@ def test_probe_second_signal_ends_the_drain_at_once(run_sidecar: Callable[..., S
     assert wait_until(lambda: sidecar.probe("/health").status_code == 503, timeout=1.0)
     sidecar.process.send_signal(signal.SIGINT)
     assert sidecar.process.wait(timeout=5) == 0
+    assert "draining: a second signal; exiting now" in sidecar.logs()
+
+
+def test_probe_signals_during_the_teardown_keep_exit_code_0(
+    run_sidecar: Callable[..., Sidecar],
+) -> None:
+    """SIGTERM after SIGTERM until the process is gone: however late one lands, after the
+    drain and during the teardown, the exit is clean."""
+    sidecar = run_sidecar({"DYN_SIDECAR_DRAIN_SECONDS": "0"})
+    sidecar.process.send_signal(signal.SIGTERM)
+    while sidecar.process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            sidecar.process.send_signal(signal.SIGTERM)
+        time.sleep(0.001)
+    assert sidecar.process.returncode == 0

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import stat
-from collections.abc import Callable
+import subprocess
+import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -15,14 +19,25 @@ from conftest import Sidecar, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.health import HealthState, Instance, SavedState, Status
+from sidecar.health import (
+    MAX_ENDPOINTS,
+    MAX_INSTANCES,
+    CapacityError,
+    HealthState,
+    Instance,
+    SavedState,
+    Status,
+)
 from sidecar.statefile import (
     FORMAT,
+    MAX_BYTES,
     CorruptStateFile,
+    NotSaved,
     StateFileWriter,
     decode,
     encode,
     read,
+    remove_leftovers,
     write_atomic,
 )
 
@@ -262,3 +277,270 @@ def test_statefile_off_writes_nothing(run_sidecar: Callable[..., Sidecar]) -> No
     sidecar.control("POST", "/v1/endpoints/generate/ready")
     assert sidecar.stop() == 0
     assert os.listdir(sidecar.socket_path.parent) == []
+
+
+# -- whatever sits at the path ------------------------------------------------------------
+
+
+def read_in_a_thread(path: Path) -> str:
+    """What `read` says, from a thread, so a read that blocks fails the test, not hangs it."""
+    said: list[str] = []
+
+    def attempt() -> None:
+        try:
+            said.append(f"read {read(path)}")
+        except CorruptStateFile as exc:
+            said.append(str(exc))
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(2.0)
+    assert said, "read() blocked"
+    return said[0]
+
+
+def test_statefile_symbolic_link_is_refused_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.json"
+    target.write_bytes(encode(saved_state(), 0.0))
+    (tmp_path / "state.json").symlink_to(target)
+    said = read_in_a_thread(tmp_path / "state.json")
+    assert said == "it is a symbolic link, which the sidecar does not follow"
+
+
+def test_statefile_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "state.json")
+    said = read_in_a_thread(tmp_path / "state.json")
+    assert said == "it is not a regular file but a FIFO"
+
+
+def test_statefile_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "state.json").mkdir()
+    assert read_in_a_thread(tmp_path / "state.json") == "it is not a regular file but a directory"
+
+
+def test_statefile_socket_is_refused(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(tmp_path / "state.json"))
+        said = read_in_a_thread(tmp_path / "state.json")
+    assert said == "it is not a regular file but a socket"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_statefile_character_device_is_refused(tmp_path: Path) -> None:
+    os.mknod(tmp_path / "state.json", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's
+    said = read_in_a_thread(tmp_path / "state.json")
+    assert said == "it is not a regular file but a character device"
+
+
+def test_statefile_file_over_the_limit_is_refused_by_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    with path.open("wb") as file:
+        file.truncate(MAX_BYTES + 1)  # sparse: nothing is read to find out
+    said = read_in_a_thread(path)
+    assert said == f"it has {MAX_BYTES + 1} bytes, over the limit of {MAX_BYTES}"
+
+
+def test_statefile_write_never_follows_a_link_planted_at_a_temporary_name(
+    tmp_path: Path,
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    # The names a write could have used before: the pid alone was predictable.
+    (tmp_path / f".state.json.{os.getpid()}.tmp").symlink_to(victim)
+    write_atomic(tmp_path / "state.json", b"new")
+    assert victim.read_bytes() == b"precious"
+    assert (tmp_path / "state.json").read_bytes() == b"new"
+
+
+def test_statefile_leftover_temporary_copies_are_removed(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    (tmp_path / ".state.json.123.0f0f0f0f0f0f0f0f.tmp").write_bytes(b"half a state")
+    (tmp_path / ".state.json.456.tmp").write_bytes(b"an older sidecar's")
+    (tmp_path / ".other.json.789.tmp").write_bytes(b"not ours")
+    remove_leftovers(path)
+    assert sorted(os.listdir(tmp_path)) == [".other.json.789.tmp"]
+
+
+def test_statefile_fifo_at_the_path_does_not_block_the_start(
+    run_sidecar: Callable[..., Sidecar], tmp_path: Path
+) -> None:
+    state_file = tmp_path / "fifo.state.json"
+    os.mkfifo(state_file)
+    sidecar = run_sidecar({"DYN_SIDECAR_STATE_FILE": str(state_file)})
+    assert sidecar.probe("/health").status_code == 503
+    assert (
+        f"WARNING ignoring the state file {state_file}: it is not a regular file but a FIFO; "
+        "starting fresh" in sidecar.logs()
+    )
+
+
+# -- answered means durable: group commit ---------------------------------------------------
+
+
+def run_writer(
+    path: Path, scenario: Callable[[HealthState, StateFileWriter], Awaitable[object]]
+) -> tuple[StateFileWriter, object]:
+    async def main() -> tuple[StateFileWriter, object]:
+        state = HealthState(required=(), starting=NOTREADY, started_at=0.0)
+        writer = StateFileWriter(path, state)
+        stop = asyncio.Event()
+        task = asyncio.create_task(writer.run(stop))
+        try:
+            result = await scenario(state, writer)
+        finally:
+            stop.set()
+            await task
+        return writer, result
+
+    return asyncio.run(main())
+
+
+def test_statefile_saved_returns_once_the_file_holds_the_change(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+
+    async def scenario(state: HealthState, writer: StateFileWriter) -> object:
+        state.set_endpoint("generate", READY, 1.0)
+        await writer.saved()
+        saved = read(path)  # no wait, no sleep: the file already holds it
+        return saved.endpoints if saved else None
+
+    _, endpoints = run_writer(path, scenario)
+    assert endpoints == {"generate": READY}
+
+
+def test_statefile_concurrent_changes_share_writes(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+
+    async def scenario(state: HealthState, writer: StateFileWriter) -> object:
+        async def request(n: int) -> None:
+            state.set_endpoint(f"e{n}", READY, 1.0)
+            await writer.saved()
+
+        await asyncio.gather(*(request(n) for n in range(200)))
+        return writer.writes
+
+    _, writes = run_writer(path, scenario)
+    saved = read(path)
+    assert saved is not None and len(saved.endpoints) == 200
+    assert isinstance(writes, int) and 1 <= writes <= 3, writes
+
+
+def test_statefile_saved_without_a_change_does_not_write(tmp_path: Path) -> None:
+    async def scenario(state: HealthState, writer: StateFileWriter) -> object:
+        state.set_endpoint("generate", READY, 1.0)
+        await writer.saved()
+        before = writer.writes
+        state.set_endpoint("generate", READY, 2.0)  # the same status: nothing to save
+        await writer.saved()
+        return writer.writes - before
+
+    _, extra = run_writer(tmp_path / "state.json", scenario)
+    assert extra == 0
+
+
+def test_statefile_saved_refuses_while_the_file_cannot_be_written(tmp_path: Path) -> None:
+    path = tmp_path / "missing-dir" / "state.json"
+
+    async def scenario(state: HealthState, writer: StateFileWriter) -> object:
+        said = []
+        for status in (READY, NOTREADY):
+            state.set_endpoint("generate", status, 1.0)
+            try:
+                await writer.saved()
+            except NotSaved as exc:
+                said.append(str(exc))
+        return said
+
+    writer, said = run_writer(path, scenario)
+    message = (
+        f"the change is applied but the state file {path} cannot be written: "
+        "[Errno 2] No such file or directory"
+    )
+    assert said == [message, message]
+    assert writer.writes == 0 and writer.failures >= 1
+
+
+def test_statefile_failed_write_is_tried_again_without_a_new_change(tmp_path: Path) -> None:
+    path = tmp_path / "later" / "state.json"
+
+    async def scenario(state: HealthState, writer: StateFileWriter) -> object:
+        state.set_endpoint("generate", READY, 1.0)
+        with contextlib.suppress(NotSaved):
+            await writer.saved()
+        path.parent.mkdir()
+        for _ in range(100):  # backoff starts at 0.1 s
+            await asyncio.sleep(0.02)
+            if path.exists():
+                return True
+        return False
+
+    writer, written = run_writer(path, scenario)
+    assert written is True and writer.failures >= 1
+
+
+def test_statefile_saved_refuses_once_the_writer_has_stopped(tmp_path: Path) -> None:
+    async def main() -> str:
+        state = HealthState(required=(), starting=NOTREADY, started_at=0.0)
+        writer = StateFileWriter(tmp_path / "state.json", state)
+        stop = asyncio.Event()
+        stop.set()
+        await writer.run(stop)
+        state.set_endpoint("generate", READY, 1.0)
+        try:
+            await writer.saved()
+        except NotSaved as exc:
+            return str(exc)
+        return "saved"
+
+    assert asyncio.run(main()) == "the sidecar is stopping and takes no more changes"
+
+
+# -- the largest state the limits allow ------------------------------------------------------
+
+
+def largest_state() -> HealthState:
+    """4,096 endpoints and as many instances as fit, every name at its longest."""
+    state = HealthState(required=(), starting=NOTREADY, started_at=0.0)
+    for n in range(MAX_ENDPOINTS):
+        state.set_endpoint(f"{n:04d}".ljust(128, "e"), READY, 1.0)
+    name = "n" * 128
+    transport = {"nats_tcp": "t" * 200}
+    with contextlib.suppress(CapacityError):
+        for n in range(MAX_INSTANCES):
+            state.register_instance(Instance(name, name, name, 2**64 - 1 - n, transport, True), 1.0)
+    return state
+
+
+def test_statefile_largest_state_round_trips_within_the_read_limit() -> None:
+    state = largest_state()
+    data = encode(state.save(), 1.0)
+    assert len(data) <= MAX_BYTES
+    assert decode(data) == state.save()
+    assert len(state.instances) < MAX_INSTANCES  # the byte budget, not the count, stopped it
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_statefile_largest_state_fits_the_charts_volume_with_its_copy(tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(volume)], check=True)
+    try:
+        data = encode(largest_state().save(), 1.0)
+        write_atomic(volume / "health.state.json", data)
+        write_atomic(volume / "health.state.json", data)  # the copy beside the old file
+        assert read(volume / "health.state.json") is not None
+    finally:
+        subprocess.run(["umount", str(volume)], check=True)
+
+
+def test_statefile_restarted_sidecar_reads_the_largest_state_back_whole(
+    run_sidecar: Callable[..., Sidecar], tmp_path: Path
+) -> None:
+    state = largest_state()
+    state_file = tmp_path / "largest.state.json"
+    state_file.write_bytes(encode(state.save(), 1.0))
+    sidecar = run_sidecar({"DYN_SIDECAR_STATE_FILE": str(state_file)})
+    worker = sidecar.control("GET", "/v1/worker").json()
+    assert len(worker["endpoints"]) == MAX_ENDPOINTS
+    assert worker["instances"] == len(state.instances)
+    assert "ignoring the state file" not in sidecar.logs()
