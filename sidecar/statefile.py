@@ -59,7 +59,7 @@ def encode(saved: SavedState, written_at: float) -> bytes:
             b'{"endpoints":',
             _compact(endpoints),
             b',"format":%d,"instances":[' % FORMAT,
-            b",".join(instance.record for instance in saved.instances),
+            b",".join([instance.record for instance in saved.instances]),
             b'],"life":',
             _compact(life),
             b',"written_at":',
@@ -279,6 +279,10 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(directory)
 
 
+def _encode_and_write(path: Path, saved: SavedState, written_at: float) -> None:
+    write_atomic(path, encode(saved, written_at))
+
+
 class NotSaved(Exception):
     """A change is applied but the state file does not hold it yet; `str()` says why."""
 
@@ -352,13 +356,14 @@ class StateFileWriter:
         return self._held < self.state.version or bool(self._waiters)
 
     async def write(self) -> None:
-        """Write the state as it is now; the bytes are taken on the loop, so they are one
-        consistent state, and written in a thread, so a slow disk never delays a probe."""
+        """Write the state as it is now: the snapshot is taken on the loop, so it is one
+        consistent state (immutable from then on), and encoded and written in a thread, so
+        neither a large state nor a slow disk delays a probe."""
         self._changed.clear()
         version = self.state.version
-        data = encode(self.state.save(), self.wall_clock())
+        saved, written_at = self.state.save(), self.wall_clock()
         try:
-            await asyncio.to_thread(write_atomic, self.path, data)
+            await asyncio.to_thread(_encode_and_write, self.path, saved, written_at)
         except OSError as exc:
             self._failed(version, exc)
             return
