@@ -20,6 +20,10 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Sidecar, start_sidecar, wait_until
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sidecar.statefile import read
 
 JSON_TYPE = "application/json"
 MAX_BODY = 64 * 1024
@@ -1002,6 +1006,38 @@ def test_post_instance_nesting_at_the_limit_is_served_and_saved(
     sidecar.process.wait(timeout=5)
     again = run_sidecar({**env, "DYN_SIDECAR_SOCKET": str(sidecar.socket_path)})
     assert again.probe("/health").json()["instances"][0]["transport"] == transport
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=40,
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(transport=st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=4))
+def test_post_instance_whatever_is_accepted_is_served_and_saved(
+    shared_frontend: Sidecar, transport: dict[str, Any]
+) -> None:
+    """Any transport the API accepts is served back as JSON on the health path and is in
+    the state file; anything else is refused with a 4xx. Never a 5xx, never invalid JSON."""
+    content = json.dumps({**INSTANCE, "instance_id": 99, "transport": transport}).encode()
+    response = control(shared_frontend, "POST", "/v1/instances", content=content)
+    assert response.status_code in (200, 201, 400, 422), response.text
+    health = shared_frontend.probe("/health")
+    assert health.status_code == 200
+    served = json.loads(health.content, parse_constant=pytest.fail)
+    if response.status_code in (200, 201):
+        (instance,) = [i for i in served["instances"] if i["instance_id"] == 99]
+        assert instance["transport"] == json.loads(content)["transport"]
+        state_file = shared_frontend.socket_path.with_name("health.state.json")
+        saved = read(state_file)
+        assert saved is not None and any(i.instance_id == 99 for i in saved.instances)
 
 
 PID_OBJECT = "the body must be a JSON object with the fields pid"
