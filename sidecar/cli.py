@@ -12,7 +12,7 @@ from typing import NoReturn
 from sidecar import __version__
 from sidecar.client import resolve_socket
 from sidecar.commands import show_status, signal_sidecar
-from sidecar.settings import OPTIONS, SettingsError, load
+from sidecar.settings import OPTIONS, SettingsError, load, printable
 
 PROG = "dynamo-health-sidecar"
 EXIT_USAGE = 2
@@ -65,11 +65,21 @@ keys: h = make the worker hang (alive but silent: its heartbeat deadline ends it
 The kubelet restarts the worker after three live failures, and the next life begins."""
 
 
+# argparse quotes the arguments it refuses: a usage line shows this many characters of it.
+USAGE_MAX = 300
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Usage mistakes end in one line on stderr and exit code 2, like invalid settings."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(message: str) -> str:
+    """The message shortened past `USAGE_MAX` characters, and printable: an argument, which
+    argparse quotes as it is, may hold a newline."""
+    return printable(message if len(message) <= USAGE_MAX else message[:USAGE_MAX] + "...")
 
 
 def build_parser() -> argparse.ArgumentParser:

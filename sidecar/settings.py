@@ -1,10 +1,16 @@
 """One frozen `Settings` built once from the environment and the `serve` flags.
 
 Every setting has a variable (what the chart sets) and a flag (what a person types); the
-flag wins, and an empty variable counts as unset, as in Dynamo. Each value is checked
-here, at start, and a bad one raises `SettingsError` carrying the single line the user
-sees: the variable or flag, the value, and what is allowed. Nothing starts
-half-configured (contract section 1).
+flag wins, and an empty variable counts as unset, as in Dynamo (a variable of spaces is a
+value, as in Dynamo). Each value is checked here, at start, and a bad one raises
+`SettingsError` carrying the single line the user sees: the variable or flag, the value
+(shortened past `SHOWN_MAX` characters), and what is allowed. Nothing starts
+half-configured (docs/protocol.md section 1).
+
+Dynamo's own variables (`DYN_SYSTEM_*`) are read as Dynamo 1.6.1 reads them, where that is
+no worse for the user: surrounding whitespace is ignored, a double-quoted string is
+unquoted, and the spellings are Dynamo's, lowercase. Where the sidecar differs, the
+protocol document says why.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import json
 import os
 import re
 import urllib.parse
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from sidecar.health import Liveness, Status
+from sidecar.health import MAX_ENDPOINTS, Liveness, Status
 from sidecar.kube import (
     DEFAULT_CONDITION,
     DEFAULT_SERVICE_ACCOUNT_DIR,
@@ -37,8 +44,21 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 NAME_RULE = "1 to 128 characters of A-Z a-z 0-9 _ . -"
 # RFC 3986 path characters without percent escapes: Starlette matches decoded paths.
 PATH_PATTERN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]{0,1023}")
-PATH_RULE = "at most 1024 characters of letters, digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ /"
+PATH_RULE = (
+    "at most 1024 characters of letters, digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ /, "
+    "and no segment that starts with : or * (Dynamo refuses those)"
+)
 SUN_PATH_MAX = 107
+# Linux's limits on a path (4,096 bytes with its NUL) and on one name in it: longer ones
+# fail with ENAMETOOLONG.
+PATH_MAX = 4095
+NAME_MAX = 255
+# The state file's temporary copy is `.NAME.PID.RANDOM.tmp`: at most 30 bytes longer.
+STATE_FILE_NAME_MAX = NAME_MAX - 30
+# An IPv6 scope (after `%`) is an interface name (at most 15 bytes) or its index.
+SCOPE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+# An error line shows a value up to this many characters, and longer ones shortened.
+SHOWN_MAX = 200
 CANARY_METHODS = ("GET", "POST", "PUT")
 SECONDS_PATTERN = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 DEFAULT_SOCKET = "/var/run/dynamo/health.sock"
@@ -306,7 +326,7 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
         flag_value = flags.get(option.field)
         if flag_value is not None:
             raw[option.field] = (option.flag, flag_value)
-        elif environ.get(option.variable, "").strip():
+        elif environ.get(option.variable, ""):
             raw[option.field] = (option.variable, environ[option.variable])
     values: dict[str, object] = {}
     for name, (source, text) in raw.items():
@@ -323,6 +343,18 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
         values["canary_endpoint"] = required[0]
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_paths(settings, raw)
+    if settings.state_file is not None:
+        problem = _state_file_problem(settings.state_file, settings.socket_path.parent)
+        if problem is not None and "state_file" in raw:
+            source, text = raw["state_file"]
+            raise _invalid(source, text, problem)
+        if problem is not None:
+            # The default, beside the socket: no variable to name as the wrong one.
+            raise SettingsError(
+                f"the state file {shown(str(settings.state_file))} (by default beside the "
+                f"socket) is unusable: {problem}; set DYN_SIDECAR_STATE_FILE to a file path, "
+                "or off"
+            )
     if settings.state_file == settings.socket_path:
         source, text = raw["state_file"]
         raise _invalid(source, text, "the state file must not be the worker's socket")
@@ -341,7 +373,7 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
         found = find_in_cluster(environ, settings.kube_service_account_dir, settings.kube_api_url)
         if settings.kube is Kube.ON and not found.complete:
             source, text = raw["kube"]
-            raise SettingsError(refusal(source, text, found))
+            raise SettingsError(_reshown(refusal(source, text, found), source, text, text))
         if found.complete:
             settings = dataclasses.replace(settings, kube_cluster=found)
         elif settings.in_cluster:
@@ -349,51 +381,105 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
     return settings
 
 
+def shown(text: str) -> str:
+    """A value as an error line shows it: quoted and escaped, and past `SHOWN_MAX`
+    characters its beginning and end with its length."""
+    if len(text) <= SHOWN_MAX:
+        return repr(text)
+    return f"{text[: SHOWN_MAX - 50]!r}...{text[-40:]!r} ({len(text)} characters)"
+
+
 def _invalid(source: str, text: str, allowed: str) -> SettingsError:
-    return SettingsError(f"{source}={text!r} is invalid: {allowed}")
+    return SettingsError(f"{source}={shown(text)} is invalid: {allowed}")
+
+
+def printable(text: str) -> str:
+    """`text` with each character that does not print (a newline, a lone surrogate) escaped
+    as Python writes it, so that it stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _reshown(line: str, source: str, named: str, text: str) -> str:
+    """`line`, which names `source={named!r}` in full (kube's messages), showing `text`,
+    and printable (the paths it names)."""
+    return printable(line.replace(f"{source}={named!r}", f"{source}={shown(text)}", 1))
+
+
+def _dynamo_text(text: str) -> str:
+    """A text variable as Dynamo's configuration (figment) reads it: stripped, and a
+    double-quoted string unquoted, its escapes decoded."""
+    value = text.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        if isinstance(decoded, str):
+            return decoded
+    return value
 
 
 def _parse_enabled(source: str, text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1"):
-        return True
-    if value in ("false", "0"):
+    value = text.strip()
+    if value == "false":
         raise SettingsError(
-            f"{source}={text!r} turns the probe server off, and a sidecar that serves no probes "
-            "is a misconfiguration: set it to true or unset it"
+            f"{source}={shown(text)} turns the probe server off, and a sidecar that serves no "
+            "probes is a misconfiguration: set it to true or unset it"
         )
-    raise _invalid(source, text, "expected true or false")
+    if value != "true":
+        raise _invalid(source, text, "expected true, in lowercase as Dynamo reads it")
+    return True
 
 
 def _parse_port(source: str, text: str) -> int:
-    value = text.strip()
-    if not re.fullmatch(r"-?[0-9]+", value):
+    """Dynamo's integer: an optional sign, decimal digits (leading zeros too), whitespace
+    around. A negative port (Dynamo's off) and 0 (any free port) serve no probe the kubelet
+    can find."""
+    match = re.fullmatch(r"([+-]?)0*([0-9]+)", text.strip())
+    if match is None:
         raise _invalid(source, text, "expected a port from 1 to 65535")
-    port = int(value)
-    if port in (-1, 0):
+    sign, digits = match.groups()
+    if sign == "-" and digits != "0":
         raise SettingsError(
-            f"{source}={text!r} turns the probe server off, and a sidecar that serves no probes "
-            "is a misconfiguration: use a port from 1 to 65535"
+            f"{source}={shown(text)} turns the probe server off, and a sidecar that serves no "
+            "probes is a misconfiguration: use a port from 1 to 65535"
         )
-    if not 1 <= port <= 65535:
+    if digits == "0":
+        raise SettingsError(
+            f"{source}={shown(text)} asks for any free port, which no probe can find: use a "
+            "port from 1 to 65535"
+        )
+    if len(digits) > 5 or int(digits) > 65535:
         raise _invalid(source, text, "expected a port from 1 to 65535")
-    return port
+    return int(digits)
 
 
 def _parse_host(source: str, text: str) -> str:
     value = text.strip()
     try:
-        return str(ipaddress.ip_address(value))
+        address = ipaddress.ip_address(value)
     except ValueError:
-        raise _invalid(
-            source, text, "expected an IP address, such as 0.0.0.0, :: or 127.0.0.1"
-        ) from None
+        address = None
+    scope = getattr(address, "scope_id", None)
+    if address is None or (scope is not None and not SCOPE_PATTERN.fullmatch(scope)):
+        raise _invalid(source, text, "expected an IP address, such as 0.0.0.0, :: or 127.0.0.1")
+    return str(address)
 
 
 def _parse_path(source: str, text: str) -> str:
-    if not PATH_PATTERN.fullmatch(text):
+    value = _dynamo_text(text)
+    if not PATH_PATTERN.fullmatch(value) or re.search(r"/[:*]", value):
         raise _invalid(source, text, f"expected a URL path that starts with / and has {PATH_RULE}")
-    return text
+    return value
+
+
+def _parse_status(source: str, text: str) -> Status:
+    try:
+        return Status(_dynamo_text(text))
+    except ValueError:
+        raise _invalid(
+            source, text, "expected ready or notready, in lowercase as Dynamo reads it"
+        ) from None
 
 
 def _parse_endpoint_list(source: str, text: str) -> tuple[str, ...]:
@@ -423,12 +509,20 @@ def _parse_endpoint_list(source: str, text: str) -> tuple[str, ...]:
                 '["generate"], [generate] or generate,clear_kv_blocks',
             )
         names.append(item)
-    return tuple(dict.fromkeys(names))
+    unique = tuple(dict.fromkeys(names))
+    if len(unique) > MAX_ENDPOINTS:
+        raise _invalid(source, text, f"the sidecar keeps at most {MAX_ENDPOINTS} endpoints")
+    return unique
+
+
+def _last_name(text: str) -> str:
+    """The path's last name as written (pathlib drops a last `.`)."""
+    return text.rpartition("/")[2]
 
 
 def _parse_socket(source: str, text: str) -> Path:
-    name = Path(text).name
-    if "\0" in text or text.endswith("/") or not text.startswith("/") or name in ("", ".", ".."):
+    name = _last_name(text)
+    if "\0" in text or text.endswith("/") or not text.startswith("/") or name in (".", ".."):
         raise _invalid(source, text, "expected an absolute file path for the Unix socket")
     if len(os.fsencode(text)) > SUN_PATH_MAX:
         raise _invalid(source, text, f"a Unix socket path is at most {SUN_PATH_MAX} bytes")
@@ -439,17 +533,58 @@ def _parse_pattern(source: str, text: str) -> re.Pattern[str]:
     if not text.strip():
         raise _invalid(source, text, "expected a regular expression, such as ^python3? -m dynamo")
     try:
-        return re.compile(text)
+        # A warning (a possible nested set) would be a second line on stderr.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return re.compile(text)
     except re.error as exc:
-        raise _invalid(source, text, f"expected a regular expression ({exc})") from None
+        reason = str(exc)
+    except RecursionError:
+        reason = "it is nested too deeply"
+    except OverflowError as exc:  # a repetition count over 2**32
+        reason = str(exc)
+    if len(reason) > SHOWN_MAX:  # a group name it quotes
+        reason = reason[:SHOWN_MAX] + "..."
+    raise _invalid(source, text, f"expected a regular expression ({printable(reason)})")
 
 
 def _parse_state_file(source: str, text: str) -> Path | None:
     if text.strip().lower() == "off":
         return None
-    if "\0" in text or text.endswith("/") or not text.startswith("/"):
+    name = _last_name(text)
+    if "\0" in text or text.endswith("/") or not text.startswith("/") or name in (".", ".."):
         raise _invalid(source, text, "expected an absolute file path, or off")
+    problem = _length_problem(text, spare=NAME_MAX - STATE_FILE_NAME_MAX)
+    if problem is None and len(os.fsencode(name)) > STATE_FILE_NAME_MAX:
+        problem = f"the file's name is at most {STATE_FILE_NAME_MAX} bytes, leaving room for its "
+        problem += "temporary copy beside it"
+    if problem is not None:
+        raise _invalid(source, text, problem)
     return Path(text)
+
+
+def _length_problem(text: str, spare: int) -> str | None:
+    """Why the system could never look the path up (ENAMETOOLONG), or None; `spare` bytes
+    stay free for the longer path the sidecar makes from it."""
+    data = os.fsencode(text)
+    if len(data) + spare > PATH_MAX:
+        return f"a path is at most {PATH_MAX - spare} bytes"
+    if any(len(name) > NAME_MAX for name in data.split(b"/")):
+        return f"each name in a path is at most {NAME_MAX} bytes"
+    return None
+
+
+def _state_file_problem(path: Path, socket_directory: Path) -> str | None:
+    """Why the sidecar could never write the state file there, or None. The socket's
+    directory is made at start; any other must be there already."""
+    try:
+        if path.is_dir():
+            return "it is a directory; expected a file path"
+        if path.parent != socket_directory and not path.parent.is_dir():
+            return f"its directory {shown(str(path.parent))} is not there, or is not a directory"
+    except OSError as exc:
+        return f"it cannot be looked up ({exc.strerror})"
+    return None
 
 
 def _parse_seconds(source: str, text: str) -> float:
@@ -483,9 +618,27 @@ def _parse_url(source: str, text: str) -> str:
         port_ok = parts.port is None or 0 < parts.port < 65536
     except ValueError:  # a bracket out of place, or a port that is not a number
         raise _invalid(source, text, "expected an http:// or https:// URL with a host") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not port_ok
+        or not _requestable(value)
+    ):
         raise _invalid(source, text, "expected an http:// or https:// URL with a host")
     return value
+
+
+def _requestable(url: str) -> bool:
+    """Whether httpx, which sends the active checks' requests, can build one for `url`: its
+    host must be a name (IDNA) or an address, and the rest encodable (no bytes that were not
+    UTF-8). Imported here: only a sidecar with an active check loads it."""
+    import httpx
+
+    try:
+        httpx.Request("GET", url)
+    except (httpx.InvalidURL, ValueError):  # ValueError: IDNAError and UnicodeEncodeError
+        return False
+    return True
 
 
 def _parse_count(source: str, text: str) -> int:
@@ -507,6 +660,9 @@ def _parse_method(source: str, text: str) -> str:
 def _parse_json(source: str, text: str) -> str:
     try:
         json.loads(text, parse_constant=_no_constant)
+        text.encode()
+    except UnicodeEncodeError:
+        raise _invalid(source, text, "expected JSON in UTF-8") from None
     except (ValueError, RecursionError) as exc:
         raise _invalid(source, text, f"expected JSON ({exc})") from None
     return text
@@ -532,10 +688,11 @@ def _checked(check: Callable[[str, str], str | None]) -> Callable[[str, str], st
     """A parser from one of `kube`'s validators, which return the error line or None."""
 
     def parse(source: str, text: str) -> str:
-        error = check(source, text.strip())
+        value = text.strip()
+        error = check(source, value)
         if error is not None:
-            raise SettingsError(error)
-        return text.strip()
+            raise SettingsError(_reshown(error, source, value, text))
+        return value
 
     return parse
 
@@ -552,11 +709,19 @@ def _enum_parser(kind: type[E]) -> Callable[[str, str], E]:
     return parse
 
 
+def _parse_service_account_dir(source: str, text: str) -> Path:
+    value = _checked(check_service_account_dir)(source, text)
+    problem = _length_problem(value, spare=len("/ca.crt"))
+    if problem is not None:
+        raise _invalid(source, text, problem)
+    return Path(value)
+
+
 PARSERS: Mapping[str, Callable[[str, str], object]] = {
     "enabled": _parse_enabled,
     "port": _parse_port,
     "host": _parse_host,
-    "starting_status": _enum_parser(Status),
+    "starting_status": _parse_status,
     "health_path": _parse_path,
     "live_path": _parse_path,
     "required_endpoints": _parse_endpoint_list,
@@ -581,9 +746,7 @@ PARSERS: Mapping[str, Callable[[str, str], object]] = {
     "canary_endpoint": _parse_name,
     "canary_failures": _parse_count,
     "kube_api_url": lambda source, text: _checked(check_api_url)(source, text).rstrip("/"),
-    "kube_service_account_dir": lambda source, text: Path(
-        _checked(check_service_account_dir)(source, text)
-    ),
+    "kube_service_account_dir": _parse_service_account_dir,
     "kube_condition": _checked(check_condition_type),
     "log_format": _enum_parser(LogFormat),
     "log_level": _enum_parser(LogLevel),

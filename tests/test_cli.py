@@ -199,17 +199,71 @@ def test_serve_value_with_newline_stays_on_one_line() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("DYN_SYSTEM_PORT", "²"),
-        ("DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS", "[" * 2000 + "]" * 2000),
-    ],
-    ids=["port-superscript-two", "endpoints-deep-nesting"],
-)
-def test_serve_once_crashing_value_exits_2_with_one_line(variable: str, value: str) -> None:
-    line = assert_one_line_error(run_cli("serve", env={variable: value}), 2)
+# Linux's MAX_ARG_STRLEN: one environment string (NAME=value and its NUL) or argument is at
+# most 128 KiB, so this is the longest value a real process can be given.
+LONGEST = 128 * 1024 - 64
+# Values that once crashed the start with a traceback, printed more than one line, or
+# started a sidecar that could never work (answering 503 to every change, or ending the
+# worker's life), each now refused in one line.
+ONCE_BROKEN = {
+    "port-superscript-two": ("DYN_SYSTEM_PORT", "²"),
+    "endpoints-deep-nesting": ("DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS", "[" * 2000 + "]" * 2000),
+    "port-5000-digits": ("DYN_SYSTEM_PORT", "9" * 5000),
+    "port-longest": ("DYN_SYSTEM_PORT", "1" * LONGEST),
+    "status-capitalised": ("DYN_SYSTEM_STARTING_HEALTH_STATUS", "Ready"),
+    "health-path-longest": ("DYN_SYSTEM_HEALTH_PATH", "/" + "h" * LONGEST),
+    "endpoints-longest-nesting": (
+        "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS",
+        "[" * (LONGEST // 2) + "]" * (LONGEST // 2),
+    ),
+    "watch-deep-nesting": ("DYN_SIDECAR_WATCH_PROCESS", "(" * 100_000),
+    "watch-repeat-overflow": ("DYN_SIDECAR_WATCH_PROCESS", "a{99999999999}"),
+    "watch-nested-set-warning": ("DYN_SIDECAR_WATCH_PROCESS", "[[a"),
+    "watch-newline-in-its-error": ("DYN_SIDECAR_WATCH_PROCESS", "(?<\n)"),
+    "state-file-a-directory": ("DYN_SIDECAR_STATE_FILE", "/tmp"),
+    "state-file-dot": ("DYN_SIDECAR_STATE_FILE", "/tmp/."),
+    "state-file-name-too-long": ("DYN_SIDECAR_STATE_FILE", "/tmp/" + "s" * 256),
+    "state-file-through-a-file": ("DYN_SIDECAR_STATE_FILE", "/proc/self/status/state.json"),
+    "host-scope-not-utf8": ("DYN_SIDECAR_HOST", "fe80::1%\udcff"),
+    "upstream-url-not-utf8": ("DYN_SIDECAR_UPSTREAM_STATUS_URL", "http://127.0.0.1:8081/\udcff"),
+    "canary-body-not-utf8": ("DYN_SIDECAR_CANARY_BODY", '"\udcff"'),
+    "endpoints-over-capacity": (
+        "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS",
+        ",".join(f"e{n}" for n in range(5000)),
+    ),
+}
+# What a value needs beside it to reach the part of the sidecar it once broke.
+BESIDE = {
+    "DYN_SIDECAR_CANARY_BODY": {
+        "DYN_SIDECAR_CANARY_URL": "http://127.0.0.1:8000/health",
+        "DYN_SIDECAR_CANARY_METHOD": "POST",
+        "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": "generate",
+    },
+}
+
+
+@pytest.mark.parametrize(("variable", "value"), ONCE_BROKEN.values(), ids=ONCE_BROKEN)
+def test_serve_once_broken_value_exits_2_with_one_short_line(variable: str, value: str) -> None:
+    result = run_cli("serve", env={**BESIDE.get(variable, {}), variable: value})
+    line = assert_one_line_error(result, 2)
     assert line.startswith(f"{PREFIX}{variable}=")
+    assert len(line) < 1000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--watch-process", "(" * LONGEST],
+        ["--port", "9" * LONGEST],
+        ["--state-file", "/tmp"],
+        ["--starting-health-status", "NotReady"],
+    ],
+    ids=["watch-process", "port", "state-file", "starting-health-status"],
+)
+def test_serve_once_broken_flag_exits_2_with_one_short_line(args: list[str]) -> None:
+    line = assert_one_line_error(run_cli("serve", *args), 2)
+    assert line.startswith(f"{PREFIX}{args[0]}=")
+    assert len(line) < 1000
 
 
 # --- usage mistakes ---------------------------------------------------------------------------
@@ -218,6 +272,17 @@ def test_serve_once_crashing_value_exits_2_with_one_line(variable: str, value: s
 def test_serve_unknown_flag_exits_2_with_one_line() -> None:
     line = assert_one_line_error(run_cli("serve", "--bogus"), 2)
     assert "--bogus" in line
+
+
+@pytest.mark.parametrize(
+    "argument",
+    ["--bogus\nline", "--bogus\udcff", "--" + "x" * LONGEST],
+    ids=["newline", "not-utf8", "longest"],
+)
+def test_serve_unknown_flag_of_any_text_exits_2_with_one_short_line(argument: str) -> None:
+    line = assert_one_line_error(run_cli("serve", argument), 2)
+    assert "unrecognized arguments: --" in line
+    assert len(line) < 1000
 
 
 def test_top_level_unknown_flag_exits_2_with_one_line() -> None:

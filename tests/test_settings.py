@@ -2,7 +2,9 @@
 
 Contract sections 1 and 2: every setting is a variable and a flag, the flag wins, an empty
 variable counts as unset, and a bad value raises `SettingsError` whose `str()` is the one
-line the user sees, naming the variable or flag, the value and what is allowed.
+line the user sees, naming the variable or flag, the value (shortened) and what is allowed.
+Dynamo's own variables are read as Dynamo 1.6.1 reads them, but where the protocol document
+says why not.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.health import Liveness, Status
@@ -21,6 +23,8 @@ from sidecar.settings import (
     DEFAULT_SOCKET,
     NAME_PATTERN,
     OPTIONS,
+    SHOWN_MAX,
+    STATE_FILE_NAME_MAX,
     SUN_PATH_MAX,
     Kube,
     LogFormat,
@@ -29,6 +33,7 @@ from sidecar.settings import (
     Settings,
     SettingsError,
     load,
+    shown,
 )
 
 ENDPOINTS = "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS"
@@ -39,10 +44,14 @@ FIELDS = {option.variable: option.field for option in OPTIONS}
 # The "what is allowed" halves of the error lines, written out once.
 OFF = "turns the probe server off, and a sidecar that serves no probes is a misconfiguration: "
 PORT_RULE = "is invalid: expected a port from 1 to 65535"
+ANY_PORT = "asks for any free port, which no probe can find: use a port from 1 to 65535"
+LOWERCASE_STATUS = "is invalid: expected ready or notready, in lowercase as Dynamo reads it"
+LOWERCASE_TRUE = "is invalid: expected true, in lowercase as Dynamo reads it"
 HOST_RULE = "is invalid: expected an IP address, such as 0.0.0.0, :: or 127.0.0.1"
 PATH_RULE = (
     "is invalid: expected a URL path that starts with / and has at most 1024 characters of "
-    "letters, digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ /"
+    "letters, digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ /, and no segment that starts with "
+    ": or * (Dynamo refuses those)"
 )
 LIVE_CLASH = "is invalid: the live path must differ from the health path and from /ready"
 NAMES_RULE = (
@@ -183,6 +192,9 @@ GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
         ("65535", 65535),
         (" 9091 ", 9091),
         ("9092\n", 9092),
+        ("+8080", 8080),
+        ("08080", 8080),
+        ("32768", 32768),
     ],
     "DYN_SIDECAR_HOST": [
         ("0.0.0.0", "0.0.0.0"),
@@ -194,9 +206,11 @@ GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
     "DYN_SYSTEM_STARTING_HEALTH_STATUS": [
         ("ready", Status.READY),
         ("notready", Status.NOTREADY),
-        ("READY", Status.READY),
-        ("NotReady", Status.NOTREADY),
         (" ready ", Status.READY),
+        ("ready\n", Status.READY),
+        ('"ready"', Status.READY),
+        (' "notready" ', Status.NOTREADY),
+        ('"re\\u0061dy"', Status.READY),
     ],
     "DYN_SYSTEM_HEALTH_PATH": [
         ("/healthz", "/healthz"),
@@ -205,6 +219,10 @@ GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
         ("/a-b_c.d~e", "/a-b_c.d~e"),
         ("/Health", "/Health"),
         ("/" + "h" * 1023, "/" + "h" * 1023),
+        (" /healthz", "/healthz"),
+        ("/healthz\n", "/healthz"),
+        ('"/healthz"', "/healthz"),
+        ("/a:b/c*", "/a:b/c*"),
     ],
     "DYN_SYSTEM_LIVE_PATH": [
         ("/livez", "/livez"),
@@ -285,7 +303,8 @@ GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
         ("vllm serve", re.compile("vllm serve")),
     ],
     "DYN_SIDECAR_STATE_FILE": [
-        ("/data/state.json", Path("/data/state.json")),
+        ("/tmp/state.json", Path("/tmp/state.json")),
+        ("/tmp/" + "s" * STATE_FILE_NAME_MAX, Path("/tmp/" + "s" * STATE_FILE_NAME_MAX)),
         ("off", None),
         ("OFF", None),
         (" off ", None),
@@ -364,9 +383,19 @@ def test_state_file_defaults_beside_the_socket() -> None:
     assert settings.state_file == Path("/run/dyn/worker.state.json")
 
 
+def test_state_file_default_that_is_a_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "worker.state.json").mkdir()
+    environ = {"DYN_SIDECAR_SOCKET": str(tmp_path / "worker.sock")}
+    assert error_of(environ) == (
+        f"the state file {shown(str(tmp_path / 'worker.state.json'))} (by default beside the "
+        "socket) is unusable: it is a directory; expected a file path; set "
+        "DYN_SIDECAR_STATE_FILE to a file path, or off"
+    )
+
+
 def test_state_file_setting_wins_over_the_socket_default() -> None:
-    environ = {"DYN_SIDECAR_SOCKET": "/run/a.sock", "DYN_SIDECAR_STATE_FILE": "/data/s.json"}
-    assert load(environ).state_file == Path("/data/s.json")
+    environ = {"DYN_SIDECAR_SOCKET": "/run/a.sock", "DYN_SIDECAR_STATE_FILE": "/tmp/s.json"}
+    assert load(environ).state_file == Path("/tmp/s.json")
 
 
 def test_state_file_equal_to_the_socket_is_refused() -> None:
@@ -377,7 +406,7 @@ def test_state_file_equal_to_the_socket_is_refused() -> None:
     )
 
 
-@pytest.mark.parametrize("text", ["true", "TRUE", "True", " true ", "1", " 1 "])
+@pytest.mark.parametrize("text", ["true", " true ", "true\n"])
 def test_enabled_accepts_true(text: str) -> None:
     assert load({"DYN_SYSTEM_ENABLED": text}) == Settings()
 
@@ -386,7 +415,7 @@ def test_socket_path_counts_bytes_not_characters() -> None:
     path = "/tmp/" + "é" * 51 + "x"  # 52 characters after /tmp/, 108 bytes
     assert len(path) < SUN_PATH_MAX
     variable = "DYN_SIDECAR_SOCKET"
-    assert error_of({variable: path}) == f"{variable}={path!r} {SOCKET_LENGTH}"
+    assert error_of({variable: path}) == f"{variable}={shown(path)} {SOCKET_LENGTH}"
 
 
 # --- bad values, per variable: the exact line ------------------------------------------
@@ -395,28 +424,38 @@ def test_socket_path_counts_bytes_not_characters() -> None:
 BAD_VALUES: dict[str, list[tuple[str, str]]] = {
     "DYN_SYSTEM_ENABLED": [
         ("false", OFF + "set it to true or unset it"),
-        ("0", OFF + "set it to true or unset it"),
-        ("FALSE", OFF + "set it to true or unset it"),
-        (" False ", OFF + "set it to true or unset it"),
-        ("yes", "is invalid: expected true or false"),
-        ("on", "is invalid: expected true or false"),
-        ("2", "is invalid: expected true or false"),
+        (" false ", OFF + "set it to true or unset it"),
+        ("0", LOWERCASE_TRUE),
+        ("1", LOWERCASE_TRUE),
+        ("TRUE", LOWERCASE_TRUE),
+        ("True", LOWERCASE_TRUE),
+        ("FALSE", LOWERCASE_TRUE),
+        ('"true"', LOWERCASE_TRUE),
+        ("yes", LOWERCASE_TRUE),
+        ("on", LOWERCASE_TRUE),
+        ("2", LOWERCASE_TRUE),
     ],
     "DYN_SYSTEM_PORT": [
         ("-1", OFF + "use a port from 1 to 65535"),
-        ("0", OFF + "use a port from 1 to 65535"),
         (" -1 ", OFF + "use a port from 1 to 65535"),
+        ("-2", OFF + "use a port from 1 to 65535"),
+        ("-" + "9" * 5000, OFF + "use a port from 1 to 65535"),
+        ("0", ANY_PORT),
+        ("-0", ANY_PORT),
+        ("+0", ANY_PORT),
         ("65536", PORT_RULE),
+        ("065536", PORT_RULE),
         ("99999999999999999999", PORT_RULE),
-        ("-2", PORT_RULE),
+        ("9" * 5000, PORT_RULE),
+        ('"8080"', PORT_RULE),
         ("x", PORT_RULE),
         ("9090x", PORT_RULE),
         ("80.0", PORT_RULE),
-        ("+80", PORT_RULE),
+        ("++80", PORT_RULE),
         ("0x50", PORT_RULE),
         ("90 90", PORT_RULE),
         ("1e3", PORT_RULE),
-        ("00", OFF + "use a port from 1 to 65535"),
+        ("00", ANY_PORT),
         ("²", PORT_RULE),
         ("1²", PORT_RULE),
         ("①", PORT_RULE),
@@ -432,15 +471,23 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
         ("a\tb", HOST_RULE),
     ],
     "DYN_SYSTEM_STARTING_HEALTH_STATUS": [
-        ("healthy", "is invalid: expected ready or notready"),
-        ("not ready", "is invalid: expected ready or notready"),
-        ("not_ready", "is invalid: expected ready or notready"),
-        ("1", "is invalid: expected ready or notready"),
+        ("Ready", LOWERCASE_STATUS),
+        ("READY", LOWERCASE_STATUS),
+        ("NotReady", LOWERCASE_STATUS),
+        ("healthy", LOWERCASE_STATUS),
+        ("not ready", LOWERCASE_STATUS),
+        ("not_ready", LOWERCASE_STATUS),
+        ('" ready "', LOWERCASE_STATUS),
+        ('"ready', LOWERCASE_STATUS),
+        ("'ready'", LOWERCASE_STATUS),
+        ("1", LOWERCASE_STATUS),
     ],
     "DYN_SYSTEM_HEALTH_PATH": [
         ("health", PATH_RULE),
-        (" /health", PATH_RULE),
-        ("/health ", PATH_RULE),
+        ('"health"', PATH_RULE),
+        ("/:id", PATH_RULE),
+        ("/*rest", PATH_RULE),
+        ("/v1/:id", PATH_RULE),
         ("/a b", PATH_RULE),
         ("/a?b=1", PATH_RULE),
         ("/a#b", PATH_RULE),
@@ -489,6 +536,10 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
         ("generate load_metrics", NAMES_RULE),
         ("gén", NAMES_RULE),
         ("a/b", NAMES_RULE),
+        (
+            ",".join(f"e{n}" for n in range(4097)),
+            "is invalid: the sidecar keeps at most 4096 endpoints",
+        ),
     ],
     "DYN_SIDECAR_MODE": [
         ("router", "is invalid: expected worker or frontend"),
@@ -502,6 +553,8 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
         ("/tmp/a\0b", SOCKET_FILE),
         ("relative.sock", SOCKET_FILE),
         ("./health.sock", SOCKET_FILE),
+        ("/tmp/.", SOCKET_FILE),
+        ("/tmp/..", SOCKET_FILE),
     ],
     "DYN_SIDECAR_DRAIN_SECONDS": [
         ("-1", SECONDS_RULE),
@@ -576,6 +629,24 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
         ("state.json", "is invalid: expected an absolute file path, or off"),
         ("/data/", "is invalid: expected an absolute file path, or off"),
         ("none", "is invalid: expected an absolute file path, or off"),
+        ("/tmp/.", "is invalid: expected an absolute file path, or off"),
+        ("/tmp/..", "is invalid: expected an absolute file path, or off"),
+        ("/tmp", "is invalid: it is a directory; expected a file path"),
+        (
+            "/proc/self/status/state.json",
+            "is invalid: its directory '/proc/self/status' is not there, or is not a directory",
+        ),
+        (
+            "/nonexistent-dir/state.json",
+            "is invalid: its directory '/nonexistent-dir' is not there, or is not a directory",
+        ),
+        (
+            "/tmp/" + "s" * (STATE_FILE_NAME_MAX + 1),
+            "is invalid: the file's name is at most 225 bytes, leaving room for its temporary "
+            "copy beside it",
+        ),
+        ("/tmp/" + "d" * 256 + "/s.json", "is invalid: each name in a path is at most 255 bytes"),
+        ("/tmp" + "/d" * 2100, "is invalid: a path is at most 4065 bytes"),
     ],
     "DYN_SIDECAR_HEARTBEAT_TIMEOUT": [
         ("0", TIMEOUT_RULE),
@@ -602,6 +673,8 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
             "is invalid: it must be the absolute path of the directory holding the service "
             "account's token and ca.crt, such as /var/run/secrets/kubernetes.io/serviceaccount",
         ),
+        ("/x" + "a" * 300, "is invalid: each name in a path is at most 255 bytes"),
+        ("/a" * 2045, "is invalid: a path is at most 4088 bytes"),
     ],
     "DYN_SIDECAR_KUBE_CONDITION": [
         (
@@ -644,7 +717,7 @@ def test_bad_values_cover_every_option() -> None:
     [(variable, text, rule) for variable, rows in BAD_VALUES.items() for text, rule in rows],
 )
 def test_load_rejects_bad_variable_with_exact_line(variable: str, text: str, rule: str) -> None:
-    assert error_of({variable: text}) == f"{variable}={text!r} {rule}"
+    assert error_of({variable: text}) == f"{variable}={shown(text)} {rule}"
 
 
 @pytest.mark.parametrize(
@@ -657,43 +730,40 @@ def test_load_rejects_bad_variable_with_exact_line(variable: str, text: str, rul
     ],
 )
 def test_load_rejects_bad_flag_naming_the_flag(variable: str, text: str, rule: str) -> None:
-    assert error_of({}, {FIELDS[variable]: text}) == f"{FLAGS[variable]}={text!r} {rule}"
+    assert error_of({}, {FIELDS[variable]: text}) == f"{FLAGS[variable]}={shown(text)} {rule}"
 
 
 def test_port_bad_flag_line() -> None:
     assert error_of({}, {"port": "x"}) == "--port='x' is invalid: expected a port from 1 to 65535"
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        (
-            "false",
-            "DYN_SYSTEM_ENABLED='false' turns the probe server off, and a sidecar that serves "
-            "no probes is a misconfiguration: set it to true or unset it",
-        ),
-        (
-            "0",
-            "DYN_SYSTEM_ENABLED='0' turns the probe server off, and a sidecar that serves "
-            "no probes is a misconfiguration: set it to true or unset it",
-        ),
-    ],
-)
-def test_enabled_false_refused(text: str, message: str) -> None:
-    assert error_of({"DYN_SYSTEM_ENABLED": text}) == message
+def test_enabled_false_refused() -> None:
+    assert error_of({"DYN_SYSTEM_ENABLED": "false"}) == (
+        "DYN_SYSTEM_ENABLED='false' turns the probe server off, and a sidecar that serves "
+        "no probes is a misconfiguration: set it to true or unset it"
+    )
 
 
-@pytest.mark.parametrize("text", ["-1", "0"])
-def test_port_off_refused(text: str) -> None:
+@pytest.mark.parametrize("text", ["-1", "-2", "-32768"])
+def test_port_negative_turns_dynamo_off_and_is_refused(text: str) -> None:
     assert error_of({"DYN_SYSTEM_PORT": text}) == (
         f"DYN_SYSTEM_PORT='{text}' turns the probe server off, and a sidecar that serves no "
         "probes is a misconfiguration: use a port from 1 to 65535"
     )
 
 
+def test_port_zero_asks_for_any_port_and_is_refused() -> None:
+    assert error_of({"DYN_SYSTEM_PORT": "0"}) == (
+        "DYN_SYSTEM_PORT='0' asks for any free port, which no probe can find: use a port from "
+        "1 to 65535"
+    )
+
+
 @pytest.mark.parametrize("variable", [option.variable for option in OPTIONS])
-def test_load_whitespace_only_variable_counts_as_unset(variable: str) -> None:
-    assert load({variable: "  "}) == Settings()
+@pytest.mark.parametrize("text", ["  ", "\t", "\n"])
+def test_load_whitespace_only_variable_is_a_value_refused(variable: str, text: str) -> None:
+    # As in Dynamo, only the empty string counts as unset; spaces are a (bad) value.
+    assert error_of({variable: text}).startswith(f"{variable}={text!r} ")
 
 
 def test_kube_on_flag_refused_naming_the_flag() -> None:
@@ -795,7 +865,7 @@ def test_bad_flag_blamed_over_good_variable(variable: str) -> None:
     env_text = OVERRIDES[variable][0]
     bad_text, rule = BAD_VALUES[variable][0]
     message = error_of({variable: env_text}, {FIELDS[variable]: bad_text})
-    assert message == f"{FLAGS[variable]}={bad_text!r} {rule}"
+    assert message == f"{FLAGS[variable]}={shown(bad_text)} {rule}"
 
 
 def test_flag_empty_is_a_value_not_unset() -> None:
@@ -832,7 +902,7 @@ def test_endpoints_mangled_list_accepts_names_that_look_like_json(text: str) -> 
 
 def test_endpoints_deeply_nested_brackets_raise_settings_error() -> None:
     text = "[" * 5000 + "]" * 5000
-    assert error_of({ENDPOINTS: text}) == f"{ENDPOINTS}={text!r} {NAMES_RULE}"
+    assert error_of({ENDPOINTS: text}) == f"{ENDPOINTS}={shown(text)} {NAMES_RULE}"
 
 
 names = st.from_regex(NAME_PATTERN, fullmatch=True)
@@ -858,36 +928,128 @@ def test_socket_non_utf8_path_is_accepted() -> None:
     assert load({"DYN_SIDECAR_SOCKET": text}).socket_path == Path(text)
 
 
-# --- any text, any variable ------------------------------------------------------------
+# --- any value up to 1 MiB, any variable or flag: Settings, or one short line ----------
+
+MIB = 1024 * 1024
+# What broke a parser once, or could: brackets and parentheses to nest, digits past int()'s
+# 4,300-digit limit, signs, exponents, quotes and escapes, path separators and names, NUL,
+# line breaks and other characters that do not print, and the lone surrogates os.environ
+# makes of bytes that are not UTF-8.
+PIECES = [
+    *"[](){}\"'\\9012-+.e/%:*@ ,=?#",
+    *["..", "**", "nan", "inf", "1e400", "-0", "0x", "é", "a", "generate", "http://", "%eth0"],
+    *["\t", "\n", "\r", "\x00", "\x0b", "\x1c", "\x85", "\u2028", "\ufeff", "\udc80", "\udcff"],
+]
+# Lengths at the limits: a socket path, a name, a file name, Linux's path, int()'s digits.
+SIZES = st.one_of(
+    st.sampled_from([0, 1, 2, 107, 108, 128, 129, 200, 201, 225, 226, 255, 256, 1024, 1025]),
+    st.sampled_from([4095, 4096, 4300, 4301, 65536, 131071, MIB]),
+    st.integers(min_value=0, max_value=MIB),
+)
+# Text as the environment or the command line gives it: surrogates only from bytes.
+EXTERNAL_TEXT = st.one_of(
+    st.text(max_size=20),
+    st.binary(max_size=20).map(lambda data: data.decode("utf-8", "surrogateescape")),
+)
 
 
-def _check_outcome(environ: dict[str, str], flags: dict[str, str], name: str) -> None:
+def near_values(variable: str) -> list[str]:
+    """The texts this file already tries for the variable, good and bad."""
+    good = [text for text, _ in GOOD_VALUES.get(variable, [])]
+    return good + [text for text, _ in BAD_VALUES[variable]]
+
+
+@st.composite
+def hostile_values(draw: st.DrawFn, variable: str) -> str:
+    """Up to 1 MiB: one of the variable's known values with a piece repeated before it,
+    after it or in its middle, or the piece nested that deep, or alone."""
+    base = draw(st.sampled_from(near_values(variable)) | EXTERNAL_TEXT)
+    piece = draw(st.sampled_from(PIECES) | EXTERNAL_TEXT)
+    run = piece * (draw(SIZES) // max(len(piece), 1))
+    half = len(base) // 2
+    text = draw(
+        st.sampled_from(
+            [
+                run + base,
+                base + run,
+                base[:half] + run + base[half:],
+                run + base + run[::-1].translate(str.maketrans("[({", "])}")),
+                run,
+                base,
+            ]
+        )
+    )
+    return text[:MIB]
+
+
+def assert_settings_or_one_short_line(
+    environ: dict[str, str], flags: dict[str, str | None], name: str, text: str
+) -> None:
+    """A Settings, or SettingsError whose line names the setting and shows the value
+    (shortened), all printable, so one line; never another exception."""
     try:
         result = load(environ, flags)
     except SettingsError as exc:
         message = str(exc)
-        assert message.splitlines() == [message]
-        assert message.startswith(f"{name}=")
+        assert message.startswith(f"{name}={shown(text)} "), message[:500]
+        assert message.isprintable(), message[:500]
+        assert len(message) <= 12 * SHOWN_MAX + 1000, message[:500]  # \U0001bc9a: 10 each
     else:
         assert isinstance(result, Settings)
 
 
-@pytest.mark.parametrize("variable", VARIABLES)
-@given(data=st.data())
-def test_load_any_text_for_a_variable_gives_settings_or_one_line(
-    variable: str, data: st.DataObject
-) -> None:
-    text = data.draw(st.text(), label="text")
-    _check_outcome({variable: text}, {}, variable)
+def test_shown_keeps_short_values_whole() -> None:
+    assert shown("x" * SHOWN_MAX) == repr("x" * SHOWN_MAX)
+    assert shown("a\nb") == "'a\\nb'"
 
 
-@pytest.mark.parametrize("variable", list(FLAGS))
+def test_shown_shortens_long_values_to_their_ends_and_length() -> None:
+    text = "/" + "a" * MIB + "/end"
+    assert shown(text) == f"{text[:150]!r}...{text[-40:]!r} ({len(text)} characters)"
+    assert len(shown(text)) < SHOWN_MAX + 50
+
+
+SOURCES = [(variable, None) for variable in VARIABLES] + [
+    (variable, FLAGS[variable]) for variable in FLAGS
+]
+
+
+@pytest.mark.parametrize(
+    ("variable", "flag"), SOURCES, ids=[flag or variable for variable, flag in SOURCES]
+)
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example],
+)
 @given(data=st.data())
-def test_load_any_text_for_a_flag_gives_settings_or_one_line(
-    variable: str, data: st.DataObject
+def test_load_any_value_up_to_a_mebibyte_gives_settings_or_one_short_line(
+    variable: str, flag: str | None, data: st.DataObject
 ) -> None:
-    text = data.draw(st.text(), label="text")
-    _check_outcome({}, {FIELDS[variable]: text}, FLAGS[variable])
+    text = data.draw(hostile_values(variable), label="text")
+    environ = {**CONTEXT.get(variable, {})}
+    flags: dict[str, str | None] = {}
+    if flag is None:
+        environ[variable] = text
+    else:
+        flags[FIELDS[variable]] = text
+    if text or flag is not None:  # an empty variable is unset: nothing to refuse
+        assert_settings_or_one_short_line(environ, flags, flag or variable, text)
+
+
+@given(directory=hostile_values("DYN_SIDECAR_KUBE_SERVICE_ACCOUNT_DIR"))
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_kube_on_with_any_service_account_dir_names_either_in_one_printable_line(
+    directory: str,
+) -> None:
+    # The refusal of `on` lists the missing token and ca.crt paths: a newline in the
+    # directory must not break its line.
+    try:
+        load({"DYN_SIDECAR_KUBE": "on", "DYN_SIDECAR_KUBE_SERVICE_ACCOUNT_DIR": directory})
+    except SettingsError as exc:
+        message = str(exc)
+        assert message.startswith(("DYN_SIDECAR_KUBE=", "DYN_SIDECAR_KUBE_SERVICE_ACCOUNT_DIR="))
+        assert message.isprintable(), message[:500]
 
 
 def test_canary_endpoint_defaults_to_the_first_required_one() -> None:

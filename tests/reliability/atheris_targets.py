@@ -8,6 +8,7 @@ Anything else (another exception, a hang) is a crash that libFuzzer reports and 
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import atheris
@@ -31,21 +32,35 @@ def state_file(data: bytes) -> None:
         return
 
 
-VARIABLES = [option.variable for option in settings.OPTIONS if option.variable]
+# Each setting as a variable, and as a flag where it has one.
+SOURCES = [(option.field, option.variable, False) for option in settings.OPTIONS] + [
+    (option.field, option.flag, True) for option in settings.OPTIONS if option.flag
+]
+MIB = 1024 * 1024
 
 
 def setting(data: bytes) -> None:
-    """Any text for any variable: Settings, or SettingsError with one line. The crashes this
-    target found (a socket path of `/.`, a service-account directory name over 255 bytes, a
-    URL with a bracket out of place) are fixed, and pinned by tests in test_fuzz.py."""
-    if not data:
+    """Any text for any variable or flag, up to 1 MiB (after a second byte 0xFF, the third
+    repeats the rest up to 2**20 times): Settings, or SettingsError with one printable line
+    that names the setting and shows the value shortened. The crashes this target found (a
+    socket path of `/.`, a service-account directory name over 255 bytes, a URL with a
+    bracket out of place) are fixed, and pinned by tests in test_fuzz.py and test_cli.py."""
+    if len(data) < 2:
         return
-    variable = VARIABLES[data[0] % len(VARIABLES)]
-    text = data[1:].decode("utf-8", "surrogateescape")
+    field, name, as_flag = SOURCES[data[0] % len(SOURCES)]
+    repeated = data[1] == 0xFF and len(data) > 2
+    payload, repeat = (data[3:], 1 << (data[2] % 21)) if repeated else (data[2:], 1)
+    text = (payload.decode("utf-8", "surrogateescape") * repeat)[:MIB]
+    if not text and not as_flag:
+        return  # an empty variable is unset
     try:
-        settings.load({variable: text})
+        settings.load({}, {field: text}) if as_flag else settings.load({name: text})
     except settings.SettingsError as exc:
-        assert "\n" not in str(exc)
+        message = str(exc)
+        assert message.startswith(f"{name}={settings.shown(text)} "), message[:300]
+        assert message.isprintable(), message[:300]
+    finally:
+        re.purge()  # re caches 512 patterns; of 1 MiB each, they would fill the memory limit
 
 
 def socket_body(data: bytes) -> None:
