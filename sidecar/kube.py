@@ -162,8 +162,8 @@ def find_in_cluster(
         host, port = values["KUBERNETES_SERVICE_HOST"], values["KUBERNETES_SERVICE_PORT"]
         missing.extend(name for name in SERVICE_VARIABLES if not values[name])
         if host and port:
-            if not port.isdigit() or not 1 <= int(port) <= 65535:
-                missing.append(f"a valid KUBERNETES_SERVICE_PORT (not {port!r})")
+            if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+                missing.append(f"a valid KUBERNETES_SERVICE_PORT (not {port[:40]!r})")
             else:
                 shown = f"[{host}]" if ":" in host else host
                 url = f"https://{shown}:{int(port)}"

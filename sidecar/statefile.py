@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import glob
 import json
 import logging
 import os
@@ -234,7 +235,7 @@ def _kind(mode: int) -> str:
 
 
 def _temporary_glob(path: Path) -> str:
-    return f".{path.name}.*.tmp"
+    return f".{glob.escape(path.name)}.*.tmp"
 
 
 def remove_leftovers(path: Path) -> None:

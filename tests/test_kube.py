@@ -159,10 +159,17 @@ def test_kube_find_in_cluster_brackets_an_ipv6_service_host(tmp_path: Path) -> N
     assert find_in_cluster(environ, service_account(tmp_path)).api_url == "https://[fd00::1]:443"
 
 
-def test_kube_find_in_cluster_refuses_a_service_port_that_is_not_a_port(tmp_path: Path) -> None:
-    environ = {**POD_ENV, **SERVICE_ENV, "KUBERNETES_SERVICE_PORT": "https"}
+@pytest.mark.parametrize(
+    ("port", "shown"),
+    [("https", "'https'"), ("\u00b2", "'\u00b2'"), ("9" * 5000, repr("9" * 40))],
+    ids=["a name", "a superscript digit", "5000 digits"],
+)
+def test_kube_find_in_cluster_refuses_a_service_port_that_is_not_a_port(
+    tmp_path: Path, port: str, shown: str
+) -> None:
+    environ = {**POD_ENV, **SERVICE_ENV, "KUBERNETES_SERVICE_PORT": port}
     found = find_in_cluster(environ, service_account(tmp_path))
-    assert found.missing == ("a valid KUBERNETES_SERVICE_PORT (not 'https')",)
+    assert found.missing == (f"a valid KUBERNETES_SERVICE_PORT (not {shown})",)
 
 
 def test_kube_find_in_cluster_with_an_http_url_needs_no_service_variables_nor_ca(

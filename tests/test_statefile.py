@@ -361,6 +361,14 @@ def test_statefile_leftover_temporary_copies_are_removed(tmp_path: Path) -> None
     assert sorted(os.listdir(tmp_path)) == [".other.json.789.tmp"]
 
 
+def test_statefile_leftovers_of_a_name_with_glob_characters_are_found(tmp_path: Path) -> None:
+    path = tmp_path / "a**[b].json"
+    (tmp_path / ".a**[b].json.1.ff.tmp").write_bytes(b"half a state")
+    (tmp_path / ".aXX[b].json.1.ff.tmp").write_bytes(b"not ours")
+    remove_leftovers(path)
+    assert os.listdir(tmp_path) == [".aXX[b].json.1.ff.tmp"]
+
+
 def test_statefile_fifo_at_the_path_does_not_block_the_start(
     run_sidecar: Callable[..., Sidecar], tmp_path: Path
 ) -> None:
