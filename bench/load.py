@@ -6,7 +6,7 @@ separate process for the signal driver:
     python bench/load.py signals --socket S --rate 2000 --seconds 10
 
 Every request here is raw HTTP/1.1 on a plain socket, so the client adds as little as
-possible to what is measured. Probes on TCP look like the kubelet's (contract section 7):
+possible to what is measured. Probes on TCP look like the kubelet's (docs/protocol.md section 7):
 a new connection per probe, `User-Agent: kube-probe/1.31`, `Accept: */*`.
 """
 

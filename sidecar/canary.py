@@ -4,7 +4,7 @@ A canary is one small request (`method` to `url`, with `body` as JSON) judged wh
 passes only when the complete response, to the end of its body or stream, arrives within
 `timeout` seconds with a status code in `expect`. Dynamo judges its canaries by the first
 streamed chunk, so a worker that froze mid-stream passes forever (ai-dynamo/dynamo issue
-13429); here that worker's canary times out and fails (contract section 8).
+13429); here that worker's canary times out and fails (docs/protocol.md section 8).
 
 When canaries run, one at a time, never on the probe path:
 - only while the worker's life runs and it says the gated `endpoint` is ready: a worker that

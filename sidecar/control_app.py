@@ -1,7 +1,7 @@
 """The Starlette app on the worker's Unix socket: validate, then call the state machine.
 
 Every request is checked completely before the state is touched, so a request that fails
-changes nothing (contract section 4). Errors are JSON `{"error": ...}` with 400 (malformed),
+changes nothing (docs/protocol.md section 4). Errors are JSON `{"error": ...}` with 400 (malformed),
 404 (unknown path or instance), 405, 413 (body over 64 KiB) or 422 (well-formed, invalid).
 """
 

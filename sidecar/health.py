@@ -5,7 +5,7 @@ This module does no I/O and reads no clock: every call that can change something
 `Transition` to the subscribers. The probe server reads the state; the worker's socket
 writes it; everything else subscribes.
 
-A worker's *life* (contract section 6) begins when the sidecar starts and, after a life
+A worker's *life* (docs/protocol.md section 6) begins when the sidecar starts and, after a life
 has ended, with the worker's next signal. Ending a life makes every endpoint `notready`,
 drops the instances it registered and fails the live path until the next life begins.
 """
@@ -206,7 +206,7 @@ class HealthState:
         return self.life.ended_at is None
 
     def live(self) -> tuple[bool, str]:
-        """The live path's verdict and, when it fails, why (contract section 3)."""
+        """The live path's verdict and, when it fails, why (docs/protocol.md section 3)."""
         if not self.alive:
             return False, f"worker life {self.life.number} ended: {self.life.end_reason}"
         if self.liveness is Liveness.HEALTH:

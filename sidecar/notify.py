@@ -1,7 +1,7 @@
 """systemd's notify protocol (sd_notify(3)) on a Unix datagram socket, into state-machine calls.
 
 A worker that already calls `sd_notify()` works unchanged with `NOTIFY_SOCKET` pointed at
-`DYN_SIDECAR_NOTIFY_SOCKET` (contract section 5). Each datagram is newline-separated
+`DYN_SIDECAR_NOTIFY_SOCKET` (docs/protocol.md section 5). Each datagram is newline-separated
 `KEY=VALUE` assignments; the kernel adds the sender's pid (`SO_PASSCRED`).
 
 Three layers, each testable alone:

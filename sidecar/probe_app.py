@@ -1,7 +1,7 @@
 """The read-only Starlette app on `DYN_SYSTEM_PORT`, the one the kubelet probes.
 
 Every route is `GET` (Starlette adds `HEAD`), and each answer is computed from the state
-in memory: no await on anything, no I/O beyond the response itself (contract section 3).
+in memory: no await on anything, no I/O beyond the response itself (docs/protocol.md section 3).
 """
 
 from __future__ import annotations

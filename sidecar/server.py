@@ -529,7 +529,7 @@ async def drain(
     state: HealthState, seconds: float, again: asyncio.Event, clock: Callable[[], float]
 ) -> None:
     """Fail readiness at once and keep answering until the worker's life ends or `seconds`
-    pass, whichever is first (contract section 6); a second signal cuts it short."""
+    pass, whichever is first (docs/protocol.md section 6); a second signal cuts it short."""
     state.drain(clock())
     if not state.alive:
         logger.info("draining: the worker's life has already ended; exiting now")

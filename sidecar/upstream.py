@@ -5,7 +5,7 @@ path with `200` when it is ready and `503` when it is not, with the same JSON bo
 `{"endpoints": {...}, "status": "ready"|"notready", "uptime": {...}}`. Every `interval`
 seconds the mirror GETs that path and hands the endpoint map and the status to the state
 machine (`HealthState.mirror`), 503 bodies included: the state then decides as it would for
-a worker that had said the same through the socket (contract section 8).
+a worker that had said the same through the socket (docs/protocol.md section 8).
 
 A poll that gets no usable answer is a *miss*: nothing listens, no answer within the poll's
 timeout (`min(interval, POLL_TIMEOUT_CAP)`), a status code other than 200 or 503, a body that
@@ -13,7 +13,7 @@ is not Dynamo's (not JSON, no endpoint map, a status other than `ready`/`notread
 invalid endpoint name, a code that contradicts the body's status). Each miss makes every
 endpoint `notready` at once (`HealthState.mirror_lost`), since nothing the server said can
 be trusted any more. `misses` misses in a row end the worker's life, as heartbeats that stop
-do (contract section 6): the live path fails and the kubelet restarts the hung worker. Like
+do (docs/protocol.md section 6): the live path fails and the kubelet restarts the hung worker. Like
 the heartbeat deadline, which only the first heartbeat of a life arms, this rule is armed by
 the first answer of the current life: a worker still importing its libraries, whose status
 server is not up yet, is not declared hung (the startup probe's threshold covers that). The

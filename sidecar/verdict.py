@@ -1,9 +1,10 @@
 """What each probe path answers for a given state: a status code and the body's bytes.
 
 Pure functions of the state and the clock, so the answers are tested without HTTP. The
-bytes are Dynamo's: compact JSON with sorted keys (contract section 3). The endpoint map
-and the instance list can be large, so their JSON is cached by the state's version and
-only the uptime is formatted per request.
+bytes are Dynamo's fields as compact JSON with sorted keys (docs/protocol.md section 3;
+Dynamo 1.6.1 does not sort them, section 10.1). The endpoint map and the instance list can
+be large, so their JSON is cached by the state's version and only the uptime is formatted
+per request.
 """
 
 from __future__ import annotations

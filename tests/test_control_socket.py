@@ -1,4 +1,4 @@
-"""The worker's Unix socket (contract section 4), against the real process over real sockets.
+"""The worker's Unix socket (docs/protocol.md section 4), against the real process and sockets.
 
 Every route is exercised with its answer body, and every refusal with its exact JSON error
 body; after each refusal the state seen on `GET /v1/status` (and the live path) is compared

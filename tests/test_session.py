@@ -1,4 +1,4 @@
-"""A worker's life (contract section 6), seen through `POST /v1/session` on the real socket.
+"""A worker's life (docs/protocol.md section 6), seen through `POST /v1/session` on the real socket.
 
 The session is opened with a raw `socket.socket(AF_UNIX)`: the worker's client sends the
 HTTP/1.1 request itself and holds the connection; its closing (by the worker, or by the

@@ -1,6 +1,6 @@
 """A kubelet prober for tests: what the kubelet decides from a container's rendered probes.
 
-It follows the kubelet's rules (contract section 7; Kubernetes `pkg/probe/http/http.go` and
+It follows the kubelet's rules (docs/protocol.md section 7; Kubernetes `pkg/probe/http/http.go` and
 `pkg/kubelet/prober/worker.go`), with real HTTP and time passed in:
 
 - one probe = a GET over a new TCP connection (keep-alive off), with `User-Agent: kube-probe/1.31`
