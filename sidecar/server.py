@@ -147,6 +147,7 @@ class SocketFile:
 
     async def keep(self, server: Server, stopping: asyncio.Event) -> None:
         """Until `stopping`: when the file is gone, bind it again and serve it too."""
+        failing = False
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self.CHECK_SECONDS)
@@ -155,8 +156,11 @@ class SocketFile:
             try:
                 sock = self.bind()
             except StartupError as exc:
-                logger.warning("the worker's socket %s is gone and %s", self.path, exc)
+                if not failing:  # once, not every half second
+                    logger.warning("the worker's socket %s is gone: %s", self.path, exc)
+                failing = True
                 continue
+            failing = False
             await server.listen(sock)
             logger.warning(
                 "the worker's socket %s was deleted while the sidecar ran; created it again",

@@ -13,6 +13,7 @@ import signal
 import socket
 import stat
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -1101,3 +1102,19 @@ def test_openapi_document_is_served_as_kept_in_the_repository(sidecar: Sidecar) 
     kept = (Path(__file__).parents[1] / "sidecar" / "openapi.json").read_bytes()
     assert response.content == kept
     assert set(response.json()["paths"]) >= {"/v1/endpoints/{name}", "/v1/session", "/v1/worker"}
+
+
+def test_socket_file_that_cannot_be_made_again_is_logged_once_then_made(
+    run_sidecar: RunSidecar,
+) -> None:
+    sidecar = run_sidecar({"DYN_SIDECAR_STATE_FILE": "off"})
+    directory = sidecar.socket_path.parent
+    shutil.rmtree(directory)
+    directory.write_bytes(b"")  # a file where the socket's directory was: mkdir fails
+    assert wait_until(lambda: "is gone: cannot create" in sidecar.logs(), timeout=3.0)
+    time.sleep(1.5)  # three more checks fail
+    assert sidecar.logs().count("is gone:") == 1
+    directory.unlink()
+    assert wait_until(sidecar.socket_path.exists, timeout=3.0)
+    assert control(sidecar, "GET", "/v1/status").status_code == 200
+    assert "was deleted while the sidecar ran; created it again" in sidecar.logs()
