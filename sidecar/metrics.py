@@ -66,7 +66,8 @@ class HealthCollector(Collector):
         instances.add_metric([], len(state.instances))
         yield instances
         lives = CounterMetricFamily(
-            "dynamo_sidecar_worker_lives", "Worker lives begun since the sidecar started."
+            "dynamo_sidecar_worker_lives",
+            "The current worker life's number: lives begun, across sidecar restarts.",
         )
         lives.add_metric([], state.life.number)
         yield lives

@@ -13,7 +13,7 @@ Three layers, each testable alone:
 What each key does (whatever their order in the datagram, in this order):
 - `MAINPID=N` (1..2147483647): N is the pid of the other assignments, not the sender's.
 - `STATUS=text`: `state.notify_status`; first, so the transitions below already see it.
-- `READY=1`: `state.notify_ready`: every required endpoint ready (none required: status ready).
+- `READY=1`: `state.notify_ready`: every required and announced endpoint ready (none: status ready).
 - `STOPPING=1`: `state.notify_stopping`: every endpoint not ready; the worker stays alive.
 - `WATCHDOG=1`: `state.heartbeat`.
 - `WATCHDOG_USEC=N`: recorded as `NotifyListener.watchdog_usec` (the latest); no state change.
