@@ -1,7 +1,9 @@
 """Mirror mode and canaries, built only when asked for: they bring httpx.
 
 The two watchers themselves live in `upstream.py` and `canary.py`; this module turns the
-settings into them, registers their figures in `/metrics` and shows them in `GET /v1/worker`.
+settings into them (the mirror copies a frontend's health path in frontend mode, a worker's
+status server in worker mode), registers their figures in `/metrics` and shows them in
+`GET /v1/worker`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.health import HealthState
 from sidecar.metrics import ProbeMetrics
-from sidecar.settings import Settings
+from sidecar.settings import Mode, Settings
 
 if TYPE_CHECKING:
     from sidecar.canary import CanaryWatch
@@ -37,14 +39,17 @@ class ActiveChecks:
     ) -> ActiveChecks:
         checks = cls()
         if settings.upstream_status_url is not None:
-            from sidecar.upstream import UpstreamMirror
+            from sidecar.upstream import FRONTEND, WORKER, UpstreamMirror
 
+            # A frontend-mode sidecar mirrors a Dynamo frontend's health path (its instances),
+            # a worker-mode one a worker's system status server (its endpoints).
             checks.mirror = mirror = UpstreamMirror(
                 settings.upstream_status_url,
                 state,
                 settings.upstream_interval,
                 settings.upstream_misses,
                 clock,
+                FRONTEND if settings.mode is Mode.FRONTEND else WORKER,
             )
             metrics.add_counter(
                 "dynamo_sidecar_upstream_polls",

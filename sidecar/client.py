@@ -328,6 +328,25 @@ def instance_body(
     return request_body(fields)
 
 
+def instances_path(lease: str | None) -> str:
+    """`POST /v1/instances`, owned by `lease` when one is given."""
+    return "/v1/instances" if lease is None else f"/v1/instances?lease={quote(lease, safe='')}"
+
+
+def lease_path(lease: str) -> str:
+    return f"/v1/leases/{quote(lease, safe='')}"
+
+
+def session_path(lease: str | None) -> str:
+    """`POST /v1/session`, holding again the lease of the session before a sidecar restart."""
+    return "/v1/session" if lease is None else f"/v1/session?lease={quote(lease, safe='')}"
+
+
+def none_revoked(lease: str) -> JSONObject:
+    """The answer of a retried revocation that found the lease gone (see `revoke_lease`)."""
+    return {"lease": lease, "removed": 0}
+
+
 def instance_path(instance_id: int) -> str:
     return f"/v1/instances/{quote(str(instance_id), safe='')}"
 
@@ -564,13 +583,36 @@ class SidecarClient:
         instance_id: int,
         transport: Mapping[str, Any],
         model: bool | None = None,
+        lease: str | None = None,
     ) -> JSONObject:
         """`POST /v1/instances`: an instance a frontend-mode sidecar lists on its health path.
 
         `instance_id` is sent as an exact JSON integer (up to 2**64-1), never as a float.
+        With `lease` (a session's `.lease`, or one from `grant_lease`), the instance leaves
+        the moment the session closes or the lease expires.
         """
         body = instance_body(namespace, component, endpoint, instance_id, transport, model)
-        return self._call("POST", "/v1/instances", body)
+        return self._call("POST", instances_path(lease), body)
+
+    def grant_lease(self, ttl_seconds: float | None = None) -> JSONObject:
+        """`POST /v1/leases`: an owner for instances that leave `ttl_seconds` (default 10)
+        after its last renewal. A retried grant may leave an unused lease, which expires."""
+        body = None if ttl_seconds is None else request_body({"ttl_seconds": ttl_seconds})
+        return self._call("POST", "/v1/leases", body)
+
+    def renew_lease(self, lease: str) -> JSONObject:
+        """`PUT /v1/leases/{lease}`: its instances stay a full TTL from now."""
+        return self._call("PUT", lease_path(lease))
+
+    def revoke_lease(self, lease: str) -> JSONObject:
+        """`DELETE /v1/leases/{lease}`: its instances leave now. A 404 to a retry is answered
+        as none removed, as `remove_instances` does."""
+        return self._call("DELETE", lease_path(lease), if_retry_404=none_revoked(lease))
+
+    def start_renewals(self, lease: str, interval: float) -> Heartbeats:
+        """Renew `lease` every `interval` seconds from a daemon thread until `.stop()`."""
+        once = SidecarClient(self.socket_path, self.timeout, Retry())
+        return Heartbeats(lambda: once.renew_lease(lease), interval).start()
 
     def remove_instances(self, instance_id: int) -> JSONObject:
         """`DELETE /v1/instances/{id}`: every instance with that id; 404 when there is none.
@@ -724,18 +766,25 @@ class Heartbeats(HeartbeatStats):
 # -- sessions ---------------------------------------------------------------------------------
 
 
-def parse_session_line(line: bytes, socket_path: str) -> int:
-    """The life number from the session's first line `{"life":N,"session":"open"}`."""
+def parse_session_line(line: bytes, socket_path: str) -> tuple[int, str | None]:
+    """The life number and the lease from the session's first line
+    `{"lease":"ID","life":N,"session":"open"}` (a sidecar before leases sends no lease)."""
     try:
         decoded = json.loads(line)
     except ValueError:
         decoded = None
     life = decoded.get("life") if isinstance(decoded, dict) else None
-    if not isinstance(life, int) or isinstance(life, bool) or decoded.get("session") != "open":
+    lease = decoded.get("lease") if isinstance(decoded, dict) else None
+    if (
+        not isinstance(life, int)
+        or isinstance(life, bool)
+        or decoded.get("session") != "open"
+        or not isinstance(lease, str | None)
+    ):
         raise SidecarProtocolError(
             f"the sidecar at {socket_path} opened no session; its first line was {line!r}"
         )
-    return life
+    return life, lease
 
 
 class Session:
@@ -744,6 +793,11 @@ class Session:
     The kernel closes the socket when the process ends, even on SIGKILL, so the sidecar
     learns of the death at once without sharing the process namespace. Only the first line
     of the answer is read; the rest of it never comes while the sidecar runs.
+
+    `lease` owns the instances registered with it (`register_instance(..., lease=...)`):
+    they leave when the session closes. A session opened again after a sidecar restart
+    holds the same lease, its instances restored; if that lease has expired meanwhile, the
+    session gets a new one (and `lease` changes), its old instances gone.
     """
 
     def __init__(self, socket_path: str, timeout: float, pid: int | None = None) -> None:
@@ -751,6 +805,7 @@ class Session:
         self.timeout = timeout
         self.pid = pid
         self.life: int | None = None
+        self.lease: str | None = None
         self.reconnects = 0
         self.last_error: Exception | None = None
         self._lock = threading.Lock()
@@ -769,7 +824,14 @@ class Session:
             sock = connect_unix(self.socket_path, self.timeout)
             answer = sock.makefile("rb")
             try:
-                life = self._open(sock, answer)
+                life, lease = self._open(sock, answer)
+            except SidecarRejected as exc:
+                _close(sock, answer)
+                if exc.status != 404 or self.lease is None:
+                    raise
+                logger.debug("the session's lease %s is gone; opening a new one", self.lease)
+                self.lease = None
+                return self.connect()
             except BaseException:
                 _close(sock, answer)
                 raise
@@ -781,12 +843,13 @@ class Session:
                 _close(sock, answer)
                 raise SidecarError("the session was closed while it was being opened")
             self._drop_locked()
-            self._socket, self._answer, self.life = sock, answer, life
+            self._socket, self._answer, self.life, self.lease = sock, answer, life, lease
         return life
 
-    def _open(self, sock: socket.socket, answer: io.BufferedReader) -> int:
-        """`AsyncSession._open`, line for line."""
-        send(sock, encode_request("POST", "/v1/session", pid_body(self.pid), keep_alive=True))
+    def _open(self, sock: socket.socket, answer: io.BufferedReader) -> tuple[int, str | None]:
+        """`AsyncSession._open`, line for line, but for the lease held again after a restart."""
+        request = encode_request("POST", session_path(self.lease), pid_body(self.pid), True)
+        send(sock, request)
         status, headers = read_head(answer)
         if status != 200:
             answered = (status, headers, read_body(answer, headers))
@@ -997,10 +1060,24 @@ class AsyncSidecarClient:
         instance_id: int,
         transport: Mapping[str, Any],
         model: bool | None = None,
+        lease: str | None = None,
     ) -> JSONObject:
-        """`POST /v1/instances`, with `instance_id` sent exactly."""
+        """`POST /v1/instances`, with `instance_id` sent exactly (see the sync client)."""
         body = instance_body(namespace, component, endpoint, instance_id, transport, model)
-        return await self._call("POST", "/v1/instances", body)
+        return await self._call("POST", instances_path(lease), body)
+
+    async def grant_lease(self, ttl_seconds: float | None = None) -> JSONObject:
+        """`POST /v1/leases` (see the sync client)."""
+        body = None if ttl_seconds is None else request_body({"ttl_seconds": ttl_seconds})
+        return await self._call("POST", "/v1/leases", body)
+
+    async def renew_lease(self, lease: str) -> JSONObject:
+        """`PUT /v1/leases/{lease}`."""
+        return await self._call("PUT", lease_path(lease))
+
+    async def revoke_lease(self, lease: str) -> JSONObject:
+        """`DELETE /v1/leases/{lease}`, a 404 to a retry answered as none removed."""
+        return await self._call("DELETE", lease_path(lease), if_retry_404=none_revoked(lease))
 
     async def remove_instances(self, instance_id: int) -> JSONObject:
         """`DELETE /v1/instances/{id}`; 404 when there is none, and a 404 to a retry answered
@@ -1112,6 +1189,7 @@ class AsyncSession:
         self.timeout = timeout
         self.pid = pid
         self.life: int | None = None
+        self.lease: str | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     @property
@@ -1123,15 +1201,17 @@ class AsyncSession:
         opening = open_unix(self.socket_path)
         reader, writer = await within(self.socket_path, self.timeout, opening)
         try:
-            life = await within(self.socket_path, self.timeout, self._open(reader, writer))
+            life, lease = await within(self.socket_path, self.timeout, self._open(reader, writer))
         except BaseException:
             await close_writer(writer)
             raise
         await self.close()
-        self._writer, self.life = writer, life
+        self._writer, self.life, self.lease = writer, life, lease
         return life
 
-    async def _open(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    async def _open(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[int, str | None]:
         request = encode_request("POST", "/v1/session", pid_body(self.pid), keep_alive=True)
         await send_async_request(writer, request)
         status, headers = await async_read_head(reader)

@@ -76,6 +76,8 @@ def render_table(health: Mapping[str, Any], worker: Mapping[str, Any]) -> str:
     if worker.get("heartbeat_deadline_seconds") is not None:
         rows.append(("heartbeat due in", f"{worker['heartbeat_deadline_seconds']:.1f}s"))
     rows.append(("instances", str(worker["instances"])))
+    for lease in worker.get("leases") or ():
+        rows.append((f"lease {lease['lease']}", _describe_lease(lease)))
     lines = [f"{name:<17}{value}" for name, value in rows]
     endpoints = worker.get("endpoints") or {}
     if endpoints:
@@ -86,6 +88,16 @@ def render_table(health: Mapping[str, Any], worker: Mapping[str, Any]) -> str:
             since = _duration(float(record["since_seconds"]))
             lines.append(f"{name:<{width}}{record['status']:<10}{since:<10}{record['transitions']}")
     return "\n".join(lines) + "\n"
+
+
+def _describe_lease(lease: Mapping[str, Any]) -> str:
+    """`held by session 1, 2 instances (7587888160958628000)`: who keeps what."""
+    ids = ", ".join(str(i) for i in lease["instance_ids"])
+    more = ", ..." if len(lease["instance_ids"]) < lease["instances"] and ids else ""
+    line = f"{lease['held_by']}, {lease['instances']} instances ({ids}{more})"
+    if lease.get("expires_in_seconds") is not None:
+        line += f", expires in {lease['expires_in_seconds']:.1f}s"
+    return line
 
 
 def _duration(seconds: float) -> str:

@@ -13,6 +13,7 @@ import importlib.resources
 import json
 import math
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -24,7 +25,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from sidecar.health import CapacityError, HealthState, Instance, Status
+from sidecar.health import (
+    LEASE_ID_PATTERN,
+    LEASE_TTL,
+    MAX_LEASE_TTL,
+    MIN_LEASE_TTL,
+    CapacityError,
+    HealthState,
+    Instance,
+    Status,
+    UnknownLease,
+)
 from sidecar.settings import NAME_PATTERN, NAME_RULE, Mode, Settings
 from sidecar.statefile import NotSaved
 from sidecar.verdict import Verdicts, dumps, refusal_headers
@@ -39,6 +50,9 @@ OPENAPI = (importlib.resources.files("sidecar") / "openapi.json").read_bytes()
 INSTANCE_ID_RULE = f"expected an integer from 0 to {MAX_INSTANCE_ID}"
 INSTANCE_FIELDS = ("namespace", "component", "endpoint", "instance_id", "transport")
 INSTANCE_OPTIONAL = ("model",)
+TTL_RULE = f"expected a number of seconds from {MIN_LEASE_TTL:g} to {MAX_LEASE_TTL:g}"
+# How many instance ids `GET /v1/worker` lists per lease (a Dynamo worker has one).
+SHOWN_INSTANCE_IDS = 16
 
 
 class ApiError(Exception):
@@ -178,8 +192,13 @@ def check_pid(body: Any) -> int | None:
     return pid
 
 
-def parse_instance(body: Any) -> Instance:
-    fields = require_object(body, INSTANCE_FIELDS + INSTANCE_OPTIONAL)
+def parse_instance(body: Any, lease: str | None = None) -> Instance:
+    """An instance as the worker registered it: the known fields are checked, and the fields
+    a later Dynamo adds are kept as given (bounded with the body, in size and depth)."""
+    if not isinstance(body, dict):
+        names = ", ".join(INSTANCE_FIELDS + INSTANCE_OPTIONAL)
+        raise ApiError(422, f"the body must be a JSON object with the fields {names}")
+    fields: dict[str, Any] = body
     missing = [name for name in INSTANCE_FIELDS if name not in fields]
     if missing:
         raise ApiError(
@@ -199,7 +218,77 @@ def parse_instance(body: Any) -> Instance:
         instance_id=check_instance_id(fields["instance_id"]),
         transport=transport,
         model=model,
+        extra={k: v for k, v in fields.items() if k not in INSTANCE_FIELDS + INSTANCE_OPTIONAL},
+        lease=lease,
     )
+
+
+def check_query(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The query parameters, each at most once and each one the route takes."""
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in allowed:
+            names = ", ".join(allowed) or "none"
+            raise ApiError(422, f"unknown query parameter {shown(name)}; allowed: {names}")
+        if name in params:
+            raise ApiError(422, f"the query parameter {name} is given twice")
+        params[name] = value
+    return params
+
+
+def check_lease_id(value: str) -> str:
+    if not LEASE_ID_PATTERN.fullmatch(value):
+        raise ApiError(
+            422, f"lease {shown(value)} is invalid: expected 16 hexadecimal digits (0-9 a-f)"
+        )
+    return value
+
+
+def check_ttl(body: Any) -> float:
+    """The `{"ttl_seconds": N}` of a new lease; without a body, Dynamo's 10 seconds."""
+    if body is None:
+        return LEASE_TTL
+    ttl = require_object(body, ("ttl_seconds",)).get("ttl_seconds", LEASE_TTL)
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or not MIN_LEASE_TTL <= ttl <= MAX_LEASE_TTL
+    ):
+        raise ApiError(422, f"ttl_seconds {shown(ttl)} is invalid: {TTL_RULE}")
+    return float(ttl)
+
+
+def new_lease_id(state: HealthState) -> str:
+    """64 random bits: a registrant cannot guess, and so cannot revoke, another's lease."""
+    while True:
+        lease_id = secrets.token_hex(8)
+        if lease_id not in state.leases:
+            return lease_id
+
+
+def lease_views(state: HealthState, now: float) -> list[dict[str, object]]:
+    """Each lease as `GET /v1/worker` shows it: who holds it and which instances it owns."""
+    owned: dict[str, set[int]] = {lease_id: set() for lease_id in state.leases}
+    counts = dict.fromkeys(state.leases, 0)
+    for instance in state.instances.values():
+        if instance.lease is not None:
+            owned[instance.lease].add(instance.instance_id)
+            counts[instance.lease] += 1
+    views = []
+    for lease_id in sorted(state.leases):
+        lease = state.leases[lease_id]
+        expires = lease.expires_at
+        views.append(
+            {
+                "lease": lease_id,
+                "held_by": lease.holder(),
+                "ttl_seconds": lease.ttl,
+                "expires_in_seconds": None if expires is None else round(max(expires - now, 0), 3),
+                "instances": counts[lease_id],
+                "instance_ids": sorted(owned[lease_id])[:SHOWN_INSTANCE_IDS],
+            }
+        )
+    return views
 
 
 class SessionEndpoint:
@@ -207,7 +296,9 @@ class SessionEndpoint:
 
     The kernel closes the worker's end even on SIGKILL, so the connection closing is the
     most reliable sign of the worker's death that needs no shared process namespace. When
-    the sidecar itself stops, the response is ended instead and the life goes on.
+    the sidecar itself stops, the response is ended instead and the life goes on. The
+    session holds a lease (a new one, or with `?lease=ID` the one it held before a sidecar
+    restart): the instances registered with it leave the moment the connection closes.
     """
 
     def __init__(
@@ -226,10 +317,20 @@ class SessionEndpoint:
         request = Request(scope, receive)
         try:
             pid = check_pid(await read_json(request))
-        except ApiError as exc:
-            await json_response({"error": exc.message}, exc.status_code)(scope, receive, send)
+            if self.stopping.is_set():
+                # Opened now, it would be ended at once: a reconnecting client would spin.
+                raise ApiError(
+                    503, "the sidecar is stopping; open the session again", {"Retry-After": "1"}
+                )
+            lease_id = self._lease(request)
+            token = self.state.open_session(self.clock(), pid, lease_id)
+        except CapacityError as exc:
+            await json_response({"error": str(exc)}, 422)(scope, receive, send)
             return
-        token = self.state.open_session(self.clock(), pid)
+        except ApiError as exc:
+            refusal = json_response({"error": exc.message}, exc.status_code, exc.headers)
+            await refusal(scope, receive, send)
+            return
         life = self.state.life.number
         # The first line names the life, which the session may have begun: it waits for the
         # file like any answer. A file that cannot be written does not refuse the session:
@@ -246,7 +347,7 @@ class SessionEndpoint:
         await send(
             {
                 "type": "http.response.body",
-                "body": dumps({"life": life, "session": "open"}) + b"\n",
+                "body": dumps({"lease": lease_id, "life": life, "session": "open"}) + b"\n",
                 "more_body": True,
             }
         )
@@ -254,6 +355,14 @@ class SessionEndpoint:
             self.state.close_session(token, self.clock())
         else:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _lease(self, request: Request) -> str:
+        held = check_query(request, ("lease",)).get("lease")
+        if held is None:
+            return new_lease_id(self.state)
+        if check_lease_id(held) not in self.state.leases:
+            raise ApiError(404, str(UnknownLease(held)))
+        return held
 
     async def _wait_for_disconnect(self, receive: Receive) -> bool:
         """True when the worker closed the connection, False when the sidecar is stopping."""
@@ -304,6 +413,7 @@ def worker_view(
             for name, record in state.endpoints.items()
         },
         "instances": len(state.instances),
+        "leases": lease_views(state, now),
         "process": process,
     }
 
@@ -357,10 +467,12 @@ def build_control_app(
         return await endpoint_answer(name, Status.NOTREADY)
 
     async def post_instance(request: Request) -> Response:
-        instance = parse_instance(await read_json(request))
+        body = await read_json(request)
+        lease = check_query(request, ("lease",)).get("lease")
+        instance = parse_instance(body, None if lease is None else check_lease_id(lease))
         try:
             is_new = state.register_instance(instance, clock())
-        except CapacityError as exc:
+        except (CapacityError, UnknownLease) as exc:
             raise ApiError(422, str(exc)) from None
         body = {
             "instance_id": instance.instance_id,
@@ -383,6 +495,37 @@ def build_control_app(
         removed = state.remove_instances(instance_id, clock())
         answer = json_response({"instance_id": instance_id, "removed": removed})
         return await once_saved(saved, answer)
+
+    async def post_lease(request: Request) -> Response:
+        ttl = check_ttl(await read_json(request))
+        try:
+            lease = state.grant_lease(new_lease_id(state), ttl, clock())
+        except CapacityError as exc:
+            raise ApiError(422, str(exc)) from None
+        answer = json_response({"lease": lease.lease_id, "ttl_seconds": lease.ttl}, 201)
+        return await once_saved(saved, answer)
+
+    def lease_in_path(request: Request) -> str:
+        return check_lease_id(request.path_params["lease"])
+
+    async def put_lease(request: Request) -> Response:
+        await read_json(request)
+        lease_id = lease_in_path(request)
+        try:
+            lease = state.renew_lease(lease_id, clock())
+        except UnknownLease as exc:
+            raise ApiError(404, str(exc)) from None
+        # A renewal changes nothing the state file keeps (a restored lease gets a full TTL).
+        return json_response({"lease": lease_id, "ttl_seconds": lease.ttl})
+
+    async def delete_lease(request: Request) -> Response:
+        await read_json(request)
+        lease_id = lease_in_path(request)
+        try:
+            removed = state.revoke_lease(lease_id, clock())
+        except UnknownLease as exc:
+            raise ApiError(404, str(exc)) from None
+        return await once_saved(saved, json_response({"lease": lease_id, "removed": removed}))
 
     async def post_heartbeat(request: Request) -> Response:
         pid = check_pid(await read_json(request))
@@ -426,6 +569,9 @@ def build_control_app(
         Route("/v1/endpoints/{name}/notready", post_notready, methods=["POST"]),
         Route("/v1/instances", post_instance, methods=["POST"]),
         Route("/v1/instances/{instance_id}", delete_instance, methods=["DELETE"]),
+        Route("/v1/leases", post_lease, methods=["POST"]),
+        Route("/v1/leases/{lease}", put_lease, methods=["PUT"]),
+        Route("/v1/leases/{lease}", delete_lease, methods=["DELETE"]),
         Route("/v1/heartbeat", post_heartbeat, methods=["POST"]),
         Route("/v1/session", SessionEndpoint(state, clock, stopping, saved), methods=["POST"]),
         Route("/v1/status", get_status, methods=["GET"]),

@@ -7,14 +7,18 @@ writes it; everything else subscribes.
 
 A worker's *life* (docs/protocol.md section 6) begins when the sidecar starts and, after a life
 has ended, with the worker's next signal. Ending a life makes every endpoint `notready`,
-drops the instances it registered and fails the live path until the next life begins.
+drops the instances registered without a lease and fails the live path until the next life
+begins. An instance registered with a *lease* belongs to whoever holds the lease (a session,
+or a registrant that renews it, as Dynamo's discovery records are renewed) and leaves the
+moment the session closes or the lease expires (docs/protocol.md section 4.7).
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 MAX_ENDPOINTS = 4096
@@ -22,6 +26,14 @@ MAX_INSTANCES = 65536
 # What the instances may take in the state file: it and its temporary copy must fit the
 # chart's 16 MiB socket volume beside the endpoints (at most about 0.6 MiB of them).
 MAX_INSTANCE_BYTES = 6 * 1024 * 1024
+MAX_LEASES = 4096
+# How long a session's lease outlives a sidecar restart, for the worker's session to come back
+# and hold it again: the TTL of Dynamo's discovery records.
+LEASE_TTL = 10.0
+MIN_LEASE_TTL = 0.1
+MAX_LEASE_TTL = 3600.0
+# Lease ids are drawn by the sidecar (64 random bits): a registrant cannot guess another's.
+LEASE_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 
 
 class Status(enum.Enum):
@@ -44,6 +56,7 @@ class Subject(enum.Enum):
     ENDPOINT = "endpoint"
     WORKER = "worker"
     LIFE = "life"
+    LEASE = "lease"
     DRAIN = "drain"
 
 
@@ -67,7 +80,13 @@ class Transition:
 
 @dataclass(frozen=True)
 class Instance:
-    """A Dynamo instance registered by the worker, shown on the frontend health path."""
+    """A Dynamo instance registered by the worker, shown on the frontend health path.
+
+    `extra` holds the fields the sidecar does not know, in the order given: Dynamo adds
+    fields from release to release (1.6.1: `device_type`, `request_plane_codec`), and a
+    registry of instances serves back what it was given. `lease` is its owner, or None when
+    it belongs to the worker's life.
+    """
 
     namespace: str
     component: str
@@ -75,20 +94,25 @@ class Instance:
     instance_id: int
     transport: Mapping[str, object]
     model: bool
+    extra: Mapping[str, object] = field(default_factory=dict)
+    lease: str | None = None
     # The instance as the state file keeps it, encoded once: a write joins these, so saving
     # the state after each change does not re-encode every instance.
     record: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         fields = {
-            "namespace": self.namespace,
             "component": self.component,
             "endpoint": self.endpoint,
+            "extra": self.extra,
             "instance_id": self.instance_id,
-            "transport": self.transport,
+            "lease": self.lease,
             "model": self.model,
+            "namespace": self.namespace,
+            "transport": self.transport,
         }
-        encoded = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
+        # Not sorted: what the worker nested is kept in its order, so it is served as given.
+        encoded = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
         object.__setattr__(self, "record", encoded)
 
     @property
@@ -98,6 +122,21 @@ class Instance:
     @property
     def url(self) -> str:
         return f"dyn://{self.namespace}.{self.component}.{self.endpoint}"
+
+
+@dataclass
+class Lease:
+    """An owner of instances: held by a session (no expiry while it is open) or renewed."""
+
+    lease_id: str
+    ttl: float
+    expires_at: float | None
+    since: float
+    session: int | None = None
+
+    def holder(self) -> str:
+        """What keeps it, as logs and `status` say it."""
+        return "renewed" if self.session is None else f"held by session {self.session}"
 
 
 @dataclass
@@ -153,10 +192,21 @@ class SavedState:
     status_text: str
     endpoints: Mapping[str, Status]
     instances: tuple[Instance, ...]
+    # Each lease with its TTL: a restored lease is held by nobody until a session or a
+    # renewal claims it, and expires a full TTL after the restore otherwise.
+    leases: Mapping[str, float] = field(default_factory=dict)
 
 
 class CapacityError(Exception):
-    """The worker asked for more endpoints or instances than the sidecar keeps."""
+    """The worker asked for more endpoints, instances or leases than the sidecar keeps."""
+
+
+class UnknownLease(Exception):
+    """A lease that is not held: it expired, was revoked, or was never granted."""
+
+    def __init__(self, lease_id: str) -> None:
+        super().__init__(f"no lease {lease_id}: it expired, was revoked or was never granted")
+        self.lease_id = lease_id
 
 
 Subscriber = Callable[[Transition], None]
@@ -173,6 +223,7 @@ class HealthState:
     heartbeat_timeout: float | None = None
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
     instances: dict[tuple[str, str, str, int], Instance] = field(default_factory=dict)
+    leases: dict[str, Lease] = field(default_factory=dict)
     draining: bool = False
     version: int = 0
     life: Life = field(init=False)
@@ -220,6 +271,24 @@ class HealthState:
     def sorted_instances(self) -> list[Instance]:
         return [self.instances[key] for key in sorted(self.instances)]
 
+    def next_deadline(self) -> float | None:
+        """The earliest moment at which time alone changes something: a heartbeat deadline
+        or a lease's expiry; None when nothing is armed."""
+        deadlines = [lease.expires_at for lease in self.leases.values()]
+        deadlines.append(self.heartbeat_deadline())
+        armed = [deadline for deadline in deadlines if deadline is not None]
+        return min(armed) if armed else None
+
+    def check_deadlines(self, now: float) -> None:
+        """Let time do what it does: expired leases take their instances, a silent worker's
+        life ends."""
+        for lease_id in [k for k, v in self.leases.items() if v.expires_at is not None]:
+            expires_at = self.leases[lease_id].expires_at
+            if expires_at is not None and now >= expires_at:
+                lease = self.leases[lease_id]
+                self._drop_lease(lease_id, now, f"not renewed for {lease.ttl:g}s")
+        self.check_heartbeat(now)
+
     def subscribe(self, subscriber: Subscriber) -> None:
         """Hear of every transition, for logs and events."""
         self._subscribers.append(subscriber)
@@ -242,6 +311,7 @@ class HealthState:
             status_text=life.status_text,
             endpoints={name: record.status for name, record in self.endpoints.items()},
             instances=tuple(self.instances.values()),
+            leases={lease_id: lease.ttl for lease_id, lease in self.leases.items()},
         )
 
     def restore(self, saved: SavedState, now: float) -> None:
@@ -269,7 +339,15 @@ class HealthState:
         }
         for name in self.required:
             self.endpoints.setdefault(name, EndpointRecord(self.starting, now, said=self.starting))
-        self.instances = {i.key: i for i in saved.instances} if saved.alive else {}
+        self.leases = {
+            lease_id: Lease(lease_id, ttl, now + ttl, now) for lease_id, ttl in saved.leases.items()
+        }
+        # An ended life's own instances were dropped with it; a lease's stay with the lease.
+        self.instances = {
+            i.key: i
+            for i in saved.instances
+            if (saved.alive if i.lease is None else i.lease in self.leases)
+        }
         self._instance_bytes = sum(len(i.record) for i in self.instances.values())
         self._status = self._decide_status()
         self._status_since = now
@@ -348,17 +426,42 @@ class HealthState:
         self._reconsider(now)
 
     def mirror_lost(self, reason: str, now: float) -> None:
-        """The status server did not answer: nothing it said can be trusted any more."""
+        """The status server did not answer: nothing it said can be trusted any more, the
+        instances a frontend listed included."""
         if not self.alive:
             return
         self.life.declared = Status.NOTREADY
         for name, record in self.endpoints.items():
             record.said = Status.NOTREADY
             self._settle(name, record, now, reason)
+        self._drop_instances(lambda instance: instance.lease is None)
         self._reconsider(now)
 
+    def mirror_frontend(self, instances: Sequence[Instance], now: float) -> None:
+        """What a Dynamo frontend's health path lists, copied as the worker's own word: its
+        instances replace those registered without a lease (leased ones have owners of their
+        own). Raises CapacityError, changing nothing, past the limits."""
+        kept = {k: i for k, i in self.instances.items() if i.lease is not None}
+        copied = {i.key: i for i in instances if i.key not in kept}
+        total = {**kept, **copied}
+        if len(total) > MAX_INSTANCES:
+            raise CapacityError(f"the sidecar keeps at most {MAX_INSTANCES} instances")
+        size = sum(len(i.record) for i in total.values())
+        if size > MAX_INSTANCE_BYTES:
+            raise CapacityError(
+                f"the instances would take {size} bytes in the state file; the sidecar keeps "
+                f"at most {MAX_INSTANCE_BYTES}"
+            )
+        self._signal(now, activity=False)
+        if total != self.instances:
+            self.instances, self._instance_bytes = total, size
+            self._touch()
+
     def register_instance(self, instance: Instance, now: float) -> bool:
-        """Add (or replace) an instance; returns whether it was new."""
+        """Add (or replace) an instance; returns whether it was new. A replaced instance
+        takes the new one's lease: its owner is whoever registered it last."""
+        if instance.lease is not None and instance.lease not in self.leases:
+            raise UnknownLease(instance.lease)
         old = self.instances.get(instance.key)
         if old is None and len(self.instances) >= MAX_INSTANCES:
             raise CapacityError(f"the sidecar keeps at most {MAX_INSTANCES} instances")
@@ -377,12 +480,38 @@ class HealthState:
     def remove_instances(self, instance_id: int, now: float) -> int:
         """Remove every instance with this id; returns how many there were."""
         self._signal(now)
-        doomed = [key for key in self.instances if key[3] == instance_id]
-        for key in doomed:
-            self._instance_bytes -= len(self.instances.pop(key).record)
-        if doomed:
-            self._touch()
-        return len(doomed)
+        return self._drop_instances(lambda instance: instance.instance_id == instance_id)
+
+    def grant_lease(self, lease_id: str, ttl: float, now: float) -> Lease:
+        """A registrant that renews: its instances leave `ttl` seconds after its last word.
+        The caller picks an unused, unguessable id (this module draws no randomness)."""
+        if lease_id in self.leases:
+            raise ValueError(f"lease {lease_id} exists")
+        if len(self.leases) >= MAX_LEASES:
+            raise CapacityError(f"the sidecar keeps at most {MAX_LEASES} leases")
+        self._signal(now, activity=False)
+        lease = Lease(lease_id, ttl, now + ttl, now)
+        self.leases[lease_id] = lease
+        self._touch()
+        self._publish_lease(lease, "none", "renewed", now)
+        return lease
+
+    def renew_lease(self, lease_id: str, now: float) -> Lease:
+        """The registrant is still there: its lease runs a full TTL from now."""
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            raise UnknownLease(lease_id)
+        self._signal(now, activity=False)
+        if lease.session is None:
+            lease.expires_at = now + lease.ttl
+        return lease
+
+    def revoke_lease(self, lease_id: str, now: float) -> int:
+        """The registrant is leaving: its instances go now; returns how many there were."""
+        if lease_id not in self.leases:
+            raise UnknownLease(lease_id)
+        self._signal(now)
+        return self._drop_lease(lease_id, now, "revoked")
 
     def heartbeat(self, now: float, pid: int | None = None) -> None:
         """The worker says it is alive; the first heartbeat of a life arms the deadline."""
@@ -440,17 +569,35 @@ class HealthState:
         """The watched process is gone: its life ends at once."""
         self.end_life(f"its process {pid} exited", now)
 
-    def open_session(self, now: float, pid: int | None = None) -> int:
-        """The worker holds a connection open; returns the session's token."""
+    def open_session(self, now: float, pid: int | None = None, lease_id: str | None = None) -> int:
+        """The worker holds a connection open, and with it a lease; returns the session's
+        token. An existing lease (a restored one, after a sidecar restart) is held again;
+        any other id is granted with the session TTL. Raises CapacityError before anything
+        changes when no lease can be granted."""
+        lease = None if lease_id is None else self.leases.get(lease_id)
+        if lease_id is not None and lease is None and len(self.leases) >= MAX_LEASES:
+            raise CapacityError(f"the sidecar keeps at most {MAX_LEASES} leases")
         self._signal(now, pid)
         self._last_session += 1
-        self._open_sessions.add(self._last_session)
-        self.life.sessions.add(self._last_session)
-        return self._last_session
+        token = self._last_session
+        if lease_id is not None:
+            old = "none" if lease is None else lease.holder()
+            if lease is None:
+                lease = Lease(lease_id, LEASE_TTL, None, now)
+                self.leases[lease_id] = lease
+            lease.session, lease.expires_at = token, None
+            self._touch()
+            self._publish_lease(lease, old, f"held by session {token}", now)
+        self._open_sessions.add(token)
+        self.life.sessions.add(token)
+        return token
 
     def close_session(self, token: int, now: float) -> None:
-        """A held connection closed: the last one of the current life ends that life."""
+        """A held connection closed: its lease's instances leave at once, and the last
+        session of the current life ends that life."""
         self._open_sessions.discard(token)
+        for lease_id in [k for k, v in self.leases.items() if v.session == token]:
+            self._drop_lease(lease_id, now, "its session connection closed")
         if token not in self.life.sessions or not self.alive:
             return
         self.life.sessions.discard(token)
@@ -466,8 +613,8 @@ class HealthState:
         for name, record in self.endpoints.items():
             record.said, record.held = Status.NOTREADY, ""
             self._settle(name, record, now)
-        self.instances.clear()
-        self._instance_bytes = 0
+        # The instances of leases stay: their owners, not this life, decide when they go.
+        self._drop_instances(lambda instance: instance.lease is None)
         self.life.ended_at = now
         self.life.end_reason = reason
         self._touch()
@@ -574,6 +721,27 @@ class HealthState:
         self._publish(
             Transition(Subject.ENDPOINT, name, old.value, status.value, now, after, reason)
         )
+
+    def _drop_lease(self, lease_id: str, now: float, reason: str) -> int:
+        lease = self.leases.pop(lease_id)
+        self._touch()
+        removed = self._drop_instances(lambda instance: instance.lease == lease_id)
+        self._publish_lease(lease, lease.holder(), "gone", now, f"{reason}; {removed} removed")
+        return removed
+
+    def _publish_lease(self, lease: Lease, old: str, new: str, now: float, why: str = "") -> None:
+        after, lease.since = now - lease.since, now
+        self._publish(
+            Transition(Subject.LEASE, f"lease {lease.lease_id}", old, new, now, after, why)
+        )
+
+    def _drop_instances(self, doomed: Callable[[Instance], bool]) -> int:
+        keys = [key for key, instance in self.instances.items() if doomed(instance)]
+        for key in keys:
+            self._instance_bytes -= len(self.instances.pop(key).record)
+        if keys:
+            self._touch()
+        return len(keys)
 
     def _touch(self) -> None:
         """Something a reader can see changed: a new version, and word to the listeners."""

@@ -26,8 +26,8 @@ import uvicorn
 from sidecar import kube, statefile
 from sidecar.active_checks import ActiveChecks
 from sidecar.control_app import build_control_app, nothing_to_save
+from sidecar.deadlines import DeadlineWatch
 from sidecar.health import HealthState, Subject, Transition
-from sidecar.heartbeat import HeartbeatWatch
 from sidecar.http_limits import BoundedHttpToolsProtocol
 from sidecar.metrics import ProbeMetrics
 from sidecar.notify import NotifyListener, NotifySocketError
@@ -227,8 +227,7 @@ def start_watchers(
     loops = []
     if watch is not None:
         loops.append(watch.run(stopping))
-    if settings.heartbeat_timeout is not None:
-        loops.append(HeartbeatWatch(state, clock).run(stopping))
+    loops.append(DeadlineWatch(state, clock).run(stopping))
     return [asyncio.create_task(loop) for loop in loops]
 
 
@@ -305,11 +304,11 @@ def watch_notify(metrics: ProbeMetrics, notify: NotifyListener) -> None:
 
 
 def log_transition(transition: Transition) -> None:
-    level = (
-        logging.WARNING
-        if transition.subject is Subject.LIFE and transition.new == "ended"
-        else logging.INFO
-    )
+    # A life that ends, or a lease whose holder vanished, is what an operator looks for.
+    vanished = transition.subject is Subject.LEASE and transition.new == "gone"
+    ended = transition.subject is Subject.LIFE and transition.new == "ended"
+    revoked = transition.reason.startswith("revoked")
+    level = logging.WARNING if ended or (vanished and not revoked) else logging.INFO
     fields = {
         "event": "transition",
         "subject": transition.subject.value,

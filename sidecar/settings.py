@@ -754,11 +754,11 @@ PARSERS: Mapping[str, Callable[[str, str], object]] = {
 
 
 def _check_active_checks(settings: Settings, raw: Mapping[str, tuple[str, str]]) -> None:
-    """Mirror mode and canaries only make sense for a worker, and a canary needs an endpoint."""
-    for field in ("upstream_status_url", "canary_url"):
-        if getattr(settings, field) is not None and settings.mode is Mode.FRONTEND:
-            source, text = raw[field]
-            raise _invalid(source, text, "active checks need DYN_SIDECAR_MODE=worker")
+    """Canaries only make sense for a worker, and need an endpoint (a mirror serves both
+    modes: a worker's status server, or a frontend's health path)."""
+    if settings.canary_url is not None and settings.mode is Mode.FRONTEND:
+        source, text = raw["canary_url"]
+        raise _invalid(source, text, "canaries need DYN_SIDECAR_MODE=worker")
     if settings.canary_url is not None and settings.canary_endpoint is None:
         source, text = raw["canary_url"]
         raise _invalid(

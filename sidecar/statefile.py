@@ -22,10 +22,21 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sidecar.health import HealthState, Instance, SavedState, Status
+from sidecar.health import (
+    LEASE_ID_PATTERN,
+    MAX_LEASE_TTL,
+    MIN_LEASE_TTL,
+    HealthState,
+    Instance,
+    SavedState,
+    Status,
+)
 from sidecar.settings import NAME_PATTERN
 
-FORMAT = 1
+FORMAT = 2
+# A file of the format before leases and unknown instance fields (format 1) is read too, so
+# upgrading the sidecar beside a running worker keeps the worker's life.
+READABLE_FORMATS = (1, 2)
 # The largest state the limits allow (4,096 endpoints, 6 MiB of instances) with room to
 # spare; the file and its temporary copy still fit the chart's 16 MiB volume.
 MAX_BYTES = 7 * 1024 * 1024
@@ -61,7 +72,9 @@ def encode(saved: SavedState, written_at: float) -> bytes:
             _compact(endpoints),
             b',"format":%d,"instances":[' % FORMAT,
             b",".join([instance.record for instance in saved.instances]),
-            b'],"life":',
+            b'],"leases":',
+            _compact(saved.leases),
+            b',"life":',
             _compact(life),
             b',"written_at":',
             _compact(written_at),
@@ -82,9 +95,13 @@ def decode(data: bytes) -> SavedState:
         document = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise CorruptStateFile(f"it is not JSON: {exc}") from None
-    top = _object(document, "the file", {"format", "written_at", "life", "endpoints", "instances"})
-    if top["format"] != FORMAT:
-        raise CorruptStateFile(f"its format is {top['format']!r}, not {FORMAT}")
+    keys = {"format", "written_at", "life", "endpoints", "instances"}
+    if not isinstance(document, dict):
+        _object(document, "the file", keys | {"leases"})
+    format_ = document.get("format")
+    if type(format_) is not int or format_ not in READABLE_FORMATS:
+        raise CorruptStateFile(f"its format is {format_!r}; this sidecar reads formats 1 and 2")
+    top = _object(document, "the file", keys if format_ == 1 else keys | {"leases"})
     life = _object(
         top["life"],
         "life",
@@ -110,7 +127,10 @@ def decode(data: bytes) -> SavedState:
         declared=None if declared is None else _status(declared, "life.declared"),
         status_text=_text(life["status_text"], "life.status_text"),
         endpoints=_endpoints(top["endpoints"]),
-        instances=tuple(_instance(item, n) for n, item in enumerate(_list(top["instances"]))),
+        instances=tuple(
+            _instance(item, n, format_) for n, item in enumerate(_list(top["instances"]))
+        ),
+        leases=_leases(top.get("leases", {})),
     )
 
 
@@ -162,11 +182,32 @@ def _endpoints(value: Any) -> Mapping[str, Status]:
     return {_name(name, "an endpoint"): _status(s, f"endpoint {name}") for name, s in value.items()}
 
 
-def _instance(value: Any, n: int) -> Instance:
+def _leases(value: Any) -> Mapping[str, float]:
+    if not isinstance(value, dict):
+        raise CorruptStateFile("leases is not an object")
+    for lease_id, ttl in value.items():
+        if not LEASE_ID_PATTERN.fullmatch(lease_id):
+            raise CorruptStateFile(f"lease {lease_id[:40]!r} is not 16 hexadecimal digits")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise CorruptStateFile(f"lease {lease_id} has a TTL that is not a number")
+        if not MIN_LEASE_TTL <= ttl <= MAX_LEASE_TTL:
+            raise CorruptStateFile(
+                f"lease {lease_id} has a TTL outside {MIN_LEASE_TTL:g} to {MAX_LEASE_TTL:g}"
+            )
+    return {lease_id: float(ttl) for lease_id, ttl in value.items()}
+
+
+def _instance(value: Any, n: int, format_: int) -> Instance:
     keys = {"namespace", "component", "endpoint", "instance_id", "transport", "model"}
-    item = _object(value, f"instance {n}", keys)
+    item = _object(value, f"instance {n}", keys if format_ == 1 else keys | {"extra", "lease"})
     if not isinstance(item["transport"], dict):
         raise CorruptStateFile(f"instance {n} has a transport that is not an object")
+    extra = item.get("extra", {})
+    if not isinstance(extra, dict):
+        raise CorruptStateFile(f"instance {n} has extra fields that are not an object")
+    lease = item.get("lease")
+    if lease is not None and not (isinstance(lease, str) and LEASE_ID_PATTERN.fullmatch(lease)):
+        raise CorruptStateFile(f"instance {n} has a lease that is not 16 hexadecimal digits")
     return Instance(
         namespace=_name(item["namespace"], f"instance {n} namespace"),
         component=_name(item["component"], f"instance {n} component"),
@@ -174,6 +215,8 @@ def _instance(value: Any, n: int) -> Instance:
         instance_id=_integer(item["instance_id"], f"instance {n} instance_id", 0, MAX_U64),
         transport=item["transport"],
         model=_boolean(item["model"], f"instance {n} model"),
+        extra=extra,
+        lease=lease,
     )
 
 

@@ -1,23 +1,35 @@
-"""Mirror mode (`DYN_SIDECAR_UPSTREAM_STATUS_URL`): copy a Dynamo worker's own status server.
+"""Mirror mode (`DYN_SIDECAR_UPSTREAM_STATUS_URL`): copy a Dynamo worker's own status server,
+or a Dynamo frontend's own health path.
 
-A Dynamo worker started with `DYN_SYSTEM_ENABLED=true` on an inner port answers its health
-path with `200` when it is ready and `503` when it is not, with the same JSON body either way:
-`{"endpoints": {...}, "status": "ready"|"notready", "uptime": {...}}`. Every `interval`
-seconds the mirror GETs that path and hands the endpoint map and the status to the state
-machine (`HealthState.mirror`), 503 bodies included: the state then decides as it would for
-a worker that had said the same through the socket (docs/protocol.md section 8).
+Worker mode (`WORKER`): a Dynamo worker started with `DYN_SYSTEM_ENABLED=true` on an inner port
+answers its health path with `200` when it is ready and `503` when it is not, with the same
+JSON body either way: `{"endpoints": {...}, "status": "ready"|"notready", "uptime": {...}}`.
+Every `interval` seconds the mirror GETs that path and hands the endpoint map and the status
+to the state machine (`HealthState.mirror`), 503 bodies included: the state then decides as it
+would for a worker that had said the same through the socket (docs/protocol.md section 8).
+
+Frontend mode (`FRONTEND`, `DYN_SIDECAR_MODE=frontend`): a Dynamo frontend's `/health` answers
+`200 {"status":"healthy","endpoints":[...],"instances":[...]}` (1.6.1, also before any worker,
+with empty lists; the seed's older frontend says `"status":"unhealthy"` with no instance). The
+instances it lists replace those the sidecar holds without a lease
+(`HealthState.mirror_frontend`). A frontend that shuts down answers `503` with `not_ready`
+(1.6.1: `{"status":"not_ready","stage":"draining",...}`, no list) or `shutting_down` (later
+sources, with the list): that is an answer, not a miss, since the frontend is neither hung
+nor gone; the instances it still lists are copied (none when it lists none), and the sidecar's
+own readiness comes from its own drain.
 
 A poll that gets no usable answer is a *miss*: nothing listens, no answer within the poll's
 timeout (`min(interval, POLL_TIMEOUT_CAP)`), a status code other than 200 or 503, a body that
-is not Dynamo's (not JSON, no endpoint map, a status other than `ready`/`notready`, an
-invalid endpoint name, a code that contradicts the body's status). Each miss makes every
-endpoint `notready` at once (`HealthState.mirror_lost`), since nothing the server said can
-be trusted any more. `misses` misses in a row end the worker's life, as heartbeats that stop
-do (docs/protocol.md section 6): the live path fails and the kubelet restarts the hung worker. Like
-the heartbeat deadline, which only the first heartbeat of a life arms, this rule is armed by
-the first answer of the current life: a worker still importing its libraries, whose status
-server is not up yet, is not declared hung (the startup probe's threshold covers that). The
-next good answer is a signal and begins a new life by itself.
+is not Dynamo's (not JSON, no endpoint map or instance list, an unknown status, an invalid
+name, a code that contradicts the body's status), or an answer the state cannot keep (past
+its bounds). Each miss makes every endpoint `notready` at once and drops the instances copied
+from a frontend (`HealthState.mirror_lost`), since nothing the server said can be trusted any
+more. `misses` misses in a row end the worker's life, as heartbeats that stop do
+(docs/protocol.md section 6): the live path fails and the kubelet restarts the hung worker.
+Like the heartbeat deadline, which only the first heartbeat of a life arms, this rule is
+armed by the first answer of the current life: a worker still importing its libraries, whose
+status server is not up yet, is not declared hung (the startup probe's threshold covers
+that). The next good answer is a signal and begins a new life by itself.
 
 Every poll opens a new connection (no keep-alive, so a connection the server dropped while
 idle cannot pass for a miss), ignores proxy variables (the status server is in the pod),
@@ -31,16 +43,27 @@ import contextlib
 import importlib
 import json
 import logging
+import math
 import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import httpx
 
-from sidecar.health import MAX_ENDPOINTS, HealthState, Status
-from sidecar.settings import NAME_PATTERN
+from sidecar.control_app import INSTANCE_FIELDS, INSTANCE_ID_RULE, MAX_DEPTH, MAX_INSTANCE_ID
+from sidecar.health import (
+    MAX_ENDPOINTS,
+    MAX_INSTANCE_BYTES,
+    MAX_INSTANCES,
+    CapacityError,
+    HealthState,
+    Instance,
+    Status,
+)
+from sidecar.settings import NAME_PATTERN, NAME_RULE
 
 logger = logging.getLogger("dynamo_health_sidecar")
 
@@ -49,8 +72,24 @@ POLL_TIMEOUT_CAP = 5.0
 # The most of a body that is read (a Dynamo status body is about 100 bytes; 4096 endpoints
 # fit well under this).
 MAX_BODY_BYTES = 1 << 20
+# The most of a frontend's body that is read: every body whose instances the state can keep.
+# Its instances take at most what their records take in the state file (MAX_INSTANCE_BYTES:
+# a record holds the same names, id, transport and other fields, plus `extra`, `lease` and
+# `model`), its `endpoints` list at most as much again (one URL per distinct endpoint, each
+# shorter than the record of an instance that serves it), and the rest is a few keys: so
+# twice MAX_INSTANCE_BYTES, plus MAX_BODY_BYTES for spacing and keys the sidecar ignores
+# (13 MiB). A longer body lists more than the state could keep, and is a miss unread.
+MAX_FRONTEND_BODY_BYTES = 2 * MAX_INSTANCE_BYTES + MAX_BODY_BYTES
+# Bodies longer than this are parsed in a thread, off the loop that answers the probes (a
+# frontend's list of thousands of instances takes tens of milliseconds to check).
+INLINE_PARSE_BYTES = 64 * 1024
 USER_AGENT = "dynamo-health-sidecar"
 _STATUSES = {status.value: status for status in Status}
+# What a frontend's health path says, and the code it says it with: 1.6.1 answers `healthy`
+# (also with no instance), the seed's older frontend `unhealthy` with none; shutting down,
+# 1.6.1 answers `not_ready` (with `stage`, without instances) and later sources
+# `shutting_down` (and `not_ready` while their first discovery runs), with them.
+FRONTEND_STATUSES = {"healthy": 200, "unhealthy": 200, "shutting_down": 503, "not_ready": 503}
 
 # httpx loads these on its first request: 20 to 30 ms of imports that would stall the event
 # loop, and the probe path on it, when the first poll or canary goes out. Load them now.
@@ -137,6 +176,35 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # `1e400` would be read as infinity, kept, and served back as `Infinity`, which is not JSON.
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return number
+
+
+def _loads(body: bytes, *, finite: bool = False) -> Any:
+    """The body as JSON: no repeated key at any level, no NaN or Infinity, and with `finite`
+    no number beyond a double (what is kept is served again)."""
+    try:
+        return json.loads(
+            body,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+            parse_float=_finite_float if finite else float,
+        )
+    except UpstreamError:
+        raise
+    except (ValueError, RecursionError):
+        raise UpstreamError("the status server's body is not JSON") from None
+
+
+def _shown(value: object) -> str:
+    """A value as the server wrote it (JSON), cut to 40 characters; `?` for an array or object."""
+    return json.dumps(value)[:40] if isinstance(value, str | int | float | bool | None) else "?"
+
+
 def _status(value: object, what: str) -> Status:
     status = _STATUSES.get(value) if isinstance(value, str) else None
     if status is None:
@@ -155,12 +223,7 @@ def parse_status(code: int, body: bytes) -> tuple[dict[str, Status], Status]:
     """
     if code not in (200, 503):
         raise UpstreamError(f"the status server answered status {code}")
-    try:
-        data = json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except UpstreamError:
-        raise
-    except (ValueError, RecursionError):
-        raise UpstreamError("the status server's body is not JSON") from None
+    data = _loads(body)
     if not isinstance(data, dict):
         raise UpstreamError("the status server's body is not a JSON object")
     if "status" not in data:
@@ -185,11 +248,153 @@ def parse_status(code: int, body: bytes) -> tuple[dict[str, Status], Status]:
     return endpoints, status
 
 
+# -- the frontend's body ---------------------------------------------------------------------
+
+
+def _nests_deeper(value: object, limit: int) -> bool:
+    """Whether arrays and objects nest deeper than `limit` levels (the value itself is level
+    1), without recursion, as the worker's socket measures a body."""
+    if not isinstance(value, dict | list):
+        return False
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        pending.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def _frontend_instance(index: int, value: object) -> Instance:
+    """One entry of a frontend's `instances`, checked as the worker's socket checks a
+    registration (control_app.parse_instance); the fields it does not know are kept in order."""
+    where = f"the status server's instances[{index}]"
+    if not isinstance(value, dict):
+        raise UpstreamError(f"{where} is not a JSON object")
+    if _nests_deeper(value, MAX_DEPTH):
+        raise UpstreamError(f"{where} nests deeper than {MAX_DEPTH} levels of arrays and objects")
+    fields: dict[str, Any] = value
+    for name in INSTANCE_FIELDS:
+        if name not in fields:
+            raise UpstreamError(f"{where} has no {name}")
+    if not isinstance(fields["transport"], dict):
+        raise UpstreamError(f"{where} has a transport that is not a JSON object")
+    for name in ("endpoint", "namespace", "component"):
+        text = fields[name]
+        if not isinstance(text, str) or not NAME_PATTERN.fullmatch(text):
+            raise UpstreamError(
+                f"{where} has an invalid {name} {_shown(text)} (names are {NAME_RULE})"
+            )
+    instance_id = fields["instance_id"]
+    if (
+        isinstance(instance_id, bool)
+        or not isinstance(instance_id, int)
+        or not 0 <= instance_id <= MAX_INSTANCE_ID
+    ):
+        raise UpstreamError(
+            f"{where} has an invalid instance_id {_shown(instance_id)} ({INSTANCE_ID_RULE})"
+        )
+    return Instance(
+        namespace=fields["namespace"],
+        component=fields["component"],
+        endpoint=fields["endpoint"],
+        instance_id=instance_id,
+        transport=fields["transport"],
+        # A frontend's record has no `model` (one that had it keeps it among the others): the
+        # worker's socket's default, so `endpoints` lists the instances that serve `generate`.
+        model=fields["endpoint"] == "generate",
+        extra={k: v for k, v in fields.items() if k not in INSTANCE_FIELDS},
+    )
+
+
+def parse_frontend(code: int, body: bytes) -> list[Instance]:
+    """The instances a Dynamo frontend's health path lists, in its order.
+
+    Raises UpstreamError, with the reason, for anything that is not such an answer. A 200
+    must say `healthy` or `unhealthy` and hold an `instances` list; a 503 must say
+    `shutting_down` or `not_ready` (the frontend drains or has not discovered yet: it
+    answers, so it is not a miss) and may hold none, which copies none. `endpoints` is
+    ignored (the sidecar lists its own from the instances), as are `message`, `stage` and any
+    key a later Dynamo adds.
+    """
+    if code not in (200, 503):
+        raise UpstreamError(f"the status server answered status {code}")
+    data = _loads(body, finite=True)
+    if not isinstance(data, dict):
+        raise UpstreamError("the status server's body is not a JSON object")
+    if "status" not in data:
+        raise UpstreamError("the status server's body has no status")
+    status = data["status"]
+    expected = FRONTEND_STATUSES.get(status) if isinstance(status, str) else None
+    if expected is None:
+        raise UpstreamError(
+            f"the status server's body has an unknown status {_shown(status)} "
+            "(expected healthy, unhealthy, shutting_down or not_ready)"
+        )
+    if code != expected:
+        raise UpstreamError(f"the status server answered status {code} with a body saying {status}")
+    raw = data.get("instances", [] if code == 503 else None)
+    if not isinstance(raw, list):
+        raise UpstreamError("the status server's body has no instances list")
+    if len(raw) > MAX_INSTANCES:
+        raise UpstreamError(
+            f"the status server lists {len(raw)} instances; the sidecar keeps {MAX_INSTANCES}"
+        )
+    instances: list[Instance] = []
+    seen: dict[tuple[str, str, str, int], int] = {}
+    for index, value in enumerate(raw):
+        instance = _frontend_instance(index, value)
+        first = seen.setdefault(instance.key, index)
+        if first != index:
+            raise UpstreamError(
+                f"the status server's instances[{index}] repeats instances[{first}]"
+            )
+        instances.append(instance)
+    return instances
+
+
+# -- what is mirrored -----------------------------------------------------------------------
+
+Answer = TypeVar("Answer")
+
+
+@dataclass(frozen=True)
+class Upstream(Generic[Answer]):
+    """What a mirror copies: how much of an answer it reads, how the answer is checked
+    (`parse`: pure, raises UpstreamError for a miss), and what the state is told of it
+    (`apply`: may raise CapacityError, which is a miss too)."""
+
+    kind: str
+    max_body: int
+    parse: Callable[[int, bytes], Answer]
+    apply: Callable[[HealthState, Answer, float], None]
+
+
+def _apply_status(state: HealthState, answer: tuple[dict[str, Status], Status], now: float) -> None:
+    state.mirror(*answer, now)
+
+
+def _apply_frontend(state: HealthState, answer: list[Instance], now: float) -> None:
+    state.mirror_frontend(answer, now)
+
+
+# A Dynamo worker's system status server (DYN_SIDECAR_MODE=worker).
+WORKER: Upstream[tuple[dict[str, Status], Status]] = Upstream(
+    "worker", MAX_BODY_BYTES, parse_status, _apply_status
+)
+# A Dynamo frontend's own health path (DYN_SIDECAR_MODE=frontend).
+FRONTEND: Upstream[list[Instance]] = Upstream(
+    "frontend", MAX_FRONTEND_BODY_BYTES, parse_frontend, _apply_frontend
+)
+
+
 # -- the mirror -----------------------------------------------------------------------------
 
 
 class UpstreamMirror:
-    """Polls a Dynamo status server and copies what it says into the state."""
+    """Polls a Dynamo status server (or a frontend's health path, with `upstream=FRONTEND`)
+    and copies what it says into the state."""
 
     def __init__(
         self,
@@ -198,9 +403,11 @@ class UpstreamMirror:
         interval: float,
         misses: int,
         clock: Callable[[], float] = time.monotonic,
+        upstream: Upstream[Any] = WORKER,
     ) -> None:
         self.url = url
         self.state = state
+        self.upstream = upstream
         self.interval = interval
         # Misses in a row that end the worker's life.
         self.misses = misses
@@ -215,6 +422,9 @@ class UpstreamMirror:
         self._client: httpx.AsyncClient | None = None
         # The life in which the status server last answered: it arms the misses rule.
         self._answered_life: int | None = None
+        # The last usable answer's code, body and parse: a frontend's list, unchanged from
+        # poll to poll, is checked once.
+        self._last: tuple[int, bytes, Any] | None = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -244,9 +454,10 @@ class UpstreamMirror:
     async def step(self) -> None:
         """Poll the status server once and tell the state what it said, or that it said nothing."""
         started = time.perf_counter()
-        answer: tuple[dict[str, Status], Status] | None = None
+        answered, answer = False, None
         try:
             answer = await self._poll()
+            answered = True
         except UpstreamError as exc:
             reason = str(exc)
         except Exception as exc:  # never escapes: whatever it is, the poll missed
@@ -254,8 +465,8 @@ class UpstreamMirror:
         self.last_latency = time.perf_counter() - started
         self.polls += 1
         now = self.clock()
-        if answer is not None:
-            self._answered(*answer, now)
+        if answered:
+            self._answered(answer, now)
         else:
             self._missed(reason, now)
 
@@ -284,7 +495,7 @@ class UpstreamMirror:
         except Exception as exc:  # the state refused what was copied: log it, keep polling
             logger.warning("mirror of %s failed and keeps polling: %r", self.url, exc)
 
-    async def _poll(self) -> tuple[dict[str, Status], Status]:
+    async def _poll(self) -> Any:
         if self._client is None:
             self._client = await open_client(self.url, self.timeout)
         try:
@@ -292,7 +503,7 @@ class UpstreamMirror:
                 asyncio.timeout(self.timeout),
                 self._client.stream("GET", self.url, headers={"accept": "*/*"}) as response,
             ):
-                body = await read_body(response)
+                body = await read_body(response, self.upstream.max_body)
         except (TimeoutError, httpx.TimeoutException):
             raise UpstreamError(
                 f"the status server did not answer within {self.timeout:g}s"
@@ -307,9 +518,23 @@ class UpstreamMirror:
             raise UpstreamError(
                 f"the status server request failed ({type(exc).__name__})"
             ) from None
-        return parse_status(response.status_code, body)
+        code = response.status_code
+        last = self._last
+        if last is not None and last[0] == code and last[1] == body:
+            return last[2]
+        if len(body) > INLINE_PARSE_BYTES:
+            answer = await asyncio.to_thread(self.upstream.parse, code, body)
+        else:
+            answer = self.upstream.parse(code, body)
+        self._last = (code, body, answer)
+        return answer
 
-    def _answered(self, endpoints: dict[str, Status], status: Status, now: float) -> None:
+    def _answered(self, answer: Any, now: float) -> None:
+        try:
+            self.upstream.apply(self.state, answer, now)
+        except CapacityError as exc:
+            self._missed(f"the sidecar cannot keep what the status server lists ({exc})", now)
+            return
         if self.consecutive_misses:
             logger.info(
                 "the status server %s answers again after %d missed polls",
@@ -319,7 +544,6 @@ class UpstreamMirror:
             )
         self.consecutive_misses = 0
         self.last_reason = None
-        self.state.mirror(endpoints, status, now)
         self._answered_life = self.state.life.number
 
     def _missed(self, reason: str, now: float) -> None:

@@ -49,7 +49,10 @@ def uptime(state: HealthState, now: float) -> dict[str, int]:
 
 
 def instance_json(instance: Instance) -> dict[str, object]:
+    """An instance as served: the fields Dynamo's frontend names, and those the sidecar does
+    not know, as given (Dynamo 1.6.1's `device_type`, `request_plane_codec`)."""
     return {
+        **instance.extra,
         "component": instance.component,
         "endpoint": instance.endpoint,
         "instance_id": instance.instance_id,

@@ -736,6 +736,20 @@ def test_client_session_reconnects_after_the_sidecar_is_killed(run_sidecar: RunS
     restart_under_a_session(run_sidecar, signal.SIGKILL)
 
 
+def test_client_session_is_not_reopened_against_a_stopping_sidecar(
+    run_sidecar: RunSidecar,
+) -> None:
+    """A session opened while the sidecar stops would be ended at once: the sidecar answers
+    503 instead, so a reconnecting client waits for the next sidecar rather than spinning."""
+    first = accepting(run_sidecar({**READY_AT_START, "DYN_SIDECAR_DRAIN_SECONDS": "0"}))
+    session = SidecarClient(first.socket_path).open_session(reconnect=True)
+    try:
+        assert first.stop() == 0
+        assert session.reconnects == 0
+    finally:
+        session.close()
+
+
 # -- asyncio ----------------------------------------------------------------------------------
 
 

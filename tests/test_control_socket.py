@@ -874,7 +874,6 @@ TRANSPORT_RULE = 'transport must be a JSON object, such as {"nats_tcp": "subject
         (instance(model="yes"), 'model "yes" is invalid: expected true or false'),
         (instance(model=1), "model 1 is invalid: expected true or false"),
         (instance(model=None), "model null is invalid: expected true or false"),
-        (instance(extra=1), f'unknown field "extra"; allowed: {INSTANCE_ALLOWED}'),
         ([INSTANCE], INSTANCE_OBJECT),
         (None, INSTANCE_OBJECT),
     ],
@@ -902,7 +901,6 @@ TRANSPORT_RULE = 'transport must be a JSON object, such as {"nats_tcp": "subject
         "model-string",
         "model-number",
         "model-null",
-        "field-extra",
         "body-list",
         "body-none",
     ],
@@ -981,6 +979,55 @@ def nested(depth: int) -> object:
     for level in range(depth - 2):
         value = [value] if level % 2 else {"k": value}
     return value
+
+
+DYNAMO_1_6_1_INSTANCE: dict[str, Any] = {
+    "component": "backend",
+    "endpoint": "generate",
+    "namespace": "dynamo",
+    "instance_id": 7531762795041169231,
+    "transport": {"tcp": "192.0.2.2:44777/6886325b6aee9f4f/dynamo/backend/generate"},
+    "device_type": "cuda",
+    "request_plane_codec": "msgpack",
+}
+
+
+def test_post_instance_dynamo_1_6_1_record_is_accepted_unchanged(empty_frontend: Sidecar) -> None:
+    response = control(empty_frontend, "POST", "/v1/instances", json=DYNAMO_1_6_1_INSTANCE)
+    assert response.status_code == 201
+
+
+def test_post_instance_unknown_fields_are_served_back_as_given(empty_frontend: Sidecar) -> None:
+    control(empty_frontend, "POST", "/v1/instances", json=DYNAMO_1_6_1_INSTANCE)
+    assert frontend_health(empty_frontend)["instances"] == [DYNAMO_1_6_1_INSTANCE]
+
+
+def test_post_instance_unknown_fields_survive_a_restart(
+    run_sidecar: RunSidecar, tmp_path: Path
+) -> None:
+    env = {"DYN_SIDECAR_MODE": "frontend", "DYN_SIDECAR_STATE_FILE": str(tmp_path / "s.json")}
+    sidecar = run_sidecar(env)
+    control(sidecar, "POST", "/v1/instances", json=DYNAMO_1_6_1_INSTANCE)
+    sidecar.process.kill()
+    sidecar.process.wait(timeout=5)
+    again = run_sidecar({**env, "DYN_SIDECAR_SOCKET": str(sidecar.socket_path)})
+    assert again.probe("/health").json()["instances"] == [DYNAMO_1_6_1_INSTANCE]
+
+
+def test_post_instance_unknown_field_nesting_over_the_limit_is_refused(
+    frontend: Sidecar,
+) -> None:
+    body = {**INSTANCE, "device": {"k": nested(33)}}
+    message = "the body nests deeper than 32 levels of arrays and objects"
+    assert_refused(frontend, "POST", "/v1/instances", 422, message, json=body)
+
+
+def test_post_instance_known_fields_keep_their_validation_beside_unknown_ones(
+    frontend: Sidecar,
+) -> None:
+    body = {**DYNAMO_1_6_1_INSTANCE, "instance_id": -1}
+    message = f"instance_id -1 is invalid: {ID_RULE}"
+    assert_refused(frontend, "POST", "/v1/instances", 422, message, json=body)
 
 
 def test_post_instance_nesting_over_the_limit_is_refused(frontend: Sidecar) -> None:

@@ -1072,9 +1072,9 @@ def test_canary_body_with_get_is_refused() -> None:
     )
 
 
-@pytest.mark.parametrize("variable", ["DYN_SIDECAR_CANARY_URL", "DYN_SIDECAR_UPSTREAM_STATUS_URL"])
-def test_active_checks_in_frontend_mode_are_refused(variable: str) -> None:
+def test_canary_in_frontend_mode_is_refused() -> None:
+    variable = "DYN_SIDECAR_CANARY_URL"
     environ = {variable: "http://a:1/h", "DYN_SIDECAR_MODE": "frontend", ENDPOINTS: "generate"}
     assert error_of(environ) == (
-        f"{variable}='http://a:1/h' is invalid: active checks need DYN_SIDECAR_MODE=worker"
+        f"{variable}='http://a:1/h' is invalid: canaries need DYN_SIDECAR_MODE=worker"
     )

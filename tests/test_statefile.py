@@ -29,7 +29,6 @@ from sidecar.health import (
     Status,
 )
 from sidecar.statefile import (
-    FORMAT,
     MAX_BYTES,
     CorruptStateFile,
     NotSaved,
@@ -43,6 +42,9 @@ from sidecar.statefile import (
 
 READY, NOTREADY = Status.READY, Status.NOTREADY
 NOT_A_STATE = (
+    "the file is not an object with the keys endpoints, format, instances, leases, life, written_at"
+)
+NOT_A_FORMAT_1_STATE = (
     "the file is not an object with the keys endpoints, format, instances, life, written_at"
 )
 
@@ -80,7 +82,8 @@ def test_statefile_keeps_every_digit_of_an_instance_id() -> None:
     [
         (b"", "it is not JSON: Expecting value: line 1 column 1 (char 0)"),
         (b"[]", NOT_A_STATE),
-        (b'{"format": 1}', NOT_A_STATE),
+        (b'{"format": 1}', NOT_A_FORMAT_1_STATE),
+        (b'{"format": 2}', NOT_A_STATE),
     ],
 )
 def test_statefile_rejects_a_file_that_is_not_a_state(data: bytes, message: str) -> None:
@@ -101,7 +104,26 @@ def mutated(path: list[str], value: object) -> bytes:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        (["format"], 2, f"its format is 2, not {FORMAT}"),
+        (["format"], 3, "its format is 3; this sidecar reads formats 1 and 2"),
+        (["format"], True, "its format is True; this sidecar reads formats 1 and 2"),
+        (["leases"], [], "leases is not an object"),
+        (["leases"], {"XYZ": 10}, "lease 'XYZ' is not 16 hexadecimal digits"),
+        (
+            ["leases"],
+            {"00112233aabbccdd": "10"},
+            "lease 00112233aabbccdd has a TTL that is not a number",
+        ),
+        (
+            ["leases"],
+            {"00112233aabbccdd": 0},
+            "lease 00112233aabbccdd has a TTL outside 0.1 to 3600",
+        ),
+        (["instances", 0, "extra"], [], "instance 0 has extra fields that are not an object"),
+        (
+            ["instances", 0, "lease"],
+            "x",
+            "instance 0 has a lease that is not 16 hexadecimal digits",
+        ),
         (["life", "number"], 0, "life.number is not an integer from 1 to 18446744073709551615"),
         (["life", "alive"], "yes", "life.alive is not true or false"),
         (["life", "pid"], -1, "life.pid is not an integer from 1 to 2147483647"),

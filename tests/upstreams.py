@@ -4,6 +4,12 @@
   byte (compact JSON, keys sorted, `content-type: text/plain; charset=utf-8` as Dynamo sends
   them): 503 with the notready map, 200 with the ready one. It can also be down (nothing
   listens on its port), slow (reads the request and never answers) or answer garbage.
+- `FrontendServer`: a Dynamo 1.6.1 frontend's `/health`, as observed on the wire
+  (tests/dynamo_frontend_observed.md): `200 {"status":"healthy","endpoints":[...],
+  "instances":[...]}` with its key orders, its sort of the instances and `content-type:
+  application/json`; with no instance exactly `FRONTEND_EMPTY`, with the two instances of
+  the record exactly `FRONTEND_TWO`. Instances come and go while it runs; it can also drain
+  (1.6.1's 503 `not_ready`), be slow, down, or answer any code and body.
 - `ModelServer`: a model server (vLLM, SGLang, TGI) for canaries. It answers, streams a
   complete SSE answer, slows past any timeout, freezes mid-stream (headers and the first chunk
   of a chunked body, then nothing: ai-dynamo/dynamo issue 13429), answers an error code,
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -36,6 +43,26 @@ SEED_READY = (
     b'"status":"ready","uptime":{"nanos":356504530,"secs":18}}'
 )
 DYNAMO_CONTENT_TYPE = "text/plain; charset=utf-8"
+
+# What the real Dynamo 1.6.1 frontend's `/health` answered (tests/dynamo_frontend_observed.md,
+# sections a, b and f), byte for byte.
+FRONTEND_EMPTY = b'{"status":"healthy","endpoints":[],"instances":[]}'
+FRONTEND_TWO = (
+    b'{"status":"healthy","endpoints":["dyn://ns1.backend.clear_kv_blocks",'
+    b'"dyn://ns1.backend.generate"],"instances":[{"component":"backend",'
+    b'"endpoint":"clear_kv_blocks","namespace":"ns1","instance_id":10326397869217126491,'
+    b'"transport":{"tcp":"127.0.0.1:38155/8f4ebc268409985b/ns1/backend/clear_kv_blocks"},'
+    b'"device_type":"cuda","request_plane_codec":"msgpack"},{"component":"backend",'
+    b'"endpoint":"generate","namespace":"ns1","instance_id":10326397869217126491,'
+    b'"transport":{"tcp":"127.0.0.1:38155/8f4ebc268409985b/ns1/backend/generate"},'
+    b'"device_type":"cuda","request_plane_codec":"msgpack"}]}'
+)
+FRONTEND_TWO_ID = 10326397869217126491
+FRONTEND_DRAINING = b'{"status":"not_ready","stage":"draining","message":"Service is not ready"}'
+FRONTEND_STOPPING = b'{"status":"not_ready","stage":"stopping","message":"Service is not ready"}'
+# The seed's older frontend, with no instance (docs/protocol.md section 3.6).
+SEED_FRONTEND_EMPTY = b'{"instances":[],"message":"No endpoints available","status":"unhealthy"}'
+FRONTEND_CONTENT_TYPE = "application/json"
 REASONS = {
     200: "OK",
     404: "Not Found",
@@ -261,6 +288,118 @@ class StatusServer(HttpServer):
         writer.write(response_head(code, headers, len(body)) + body)
 
 
+def frontend_instance(
+    namespace: str, component: str, endpoint: str, instance_id: int, port: int = 38155
+) -> dict[str, object]:
+    """One entry of a 1.6.1 frontend's `instances`, its keys in Dynamo's order."""
+    path = f"{port}/{instance_id:016x}/{namespace}/{component}/{endpoint}"
+    return {
+        "component": component,
+        "endpoint": endpoint,
+        "namespace": namespace,
+        "instance_id": instance_id,
+        "transport": {"tcp": f"127.0.0.1:{path}"},
+        "device_type": "cuda",
+        "request_plane_codec": "msgpack",
+    }
+
+
+def frontend_worker(
+    namespace: str, component: str, instance_id: int, endpoints: tuple[str, ...]
+) -> list[dict[str, object]]:
+    """The entries of one worker: one per endpoint it serves, under one id."""
+    return [frontend_instance(namespace, component, name, instance_id) for name in endpoints]
+
+
+def _sort_name(instance: dict[str, Any]) -> str:
+    # Dynamo's `impl Ord for Instance`: the string "ns/component/endpoint/<decimal id>".
+    parts = ("namespace", "component", "endpoint", "instance_id")
+    return "/".join(str(instance[part]) for part in parts)
+
+
+def frontend_body(instances: list[dict[str, Any]]) -> bytes:
+    """A 1.6.1 frontend's `/health` body listing these entries, as it puts it on the wire."""
+    ordered = sorted(instances, key=lambda i: _sort_name(i).encode())
+    urls = sorted({f"dyn://{i['namespace']}.{i['component']}.{i['endpoint']}" for i in ordered})
+    body = {"status": "healthy", "endpoints": urls, "instances": ordered}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class FrontendServer(HttpServer):
+    """A Dynamo 1.6.1 frontend's health path: `serving` (200 with the instances it holds),
+    `draining` (1.6.1's 503 `not_ready`), `slow`, `custom` (the code and body of `answer`),
+    or down (`set("down")`)."""
+
+    MODES = ("serving", "draining", "slow", "custom", "down")
+
+    def __init__(self, mode: str = "serving") -> None:
+        super().__init__()
+        self.mode = mode
+        self.custom: tuple[int, bytes] = (200, b"")
+        self._instances: list[dict[str, Any]] = []
+
+    def set(self, mode: str) -> None:
+        assert mode in self.MODES, mode
+        if mode == "down":
+            self.go_down()
+        elif not self.listening and self._thread.is_alive():
+            self.come_up()
+        self.mode = mode
+
+    def answer(self, code: int, body: bytes) -> None:
+        """Answer every request with this code and body (the frontend's content type)."""
+        self.custom = (code, body)
+        self.set("custom")
+
+    def add(self, instances: list[dict[str, Any]]) -> None:
+        """A worker registers: these entries are listed from the next request on."""
+        with self._lock:
+            self._instances += instances
+
+    def remove(self, instance_id: int) -> None:
+        """A worker leaves: every entry with its id goes."""
+        with self._lock:
+            self._instances = [i for i in self._instances if i["instance_id"] != instance_id]
+
+    def body(self) -> bytes:
+        with self._lock:
+            return frontend_body(list(self._instances))
+
+    def start(self) -> FrontendServer:
+        super().start()
+        if self.mode == "down":
+            self.go_down()
+        return self
+
+    async def respond(self, request: Request, writer: asyncio.StreamWriter) -> None:
+        mode = self.mode
+        if mode == "slow":
+            await asyncio.sleep(FOREVER)
+            return
+        if mode == "serving":
+            code, body = 200, self.body()
+        elif mode == "draining":
+            code, body = 503, FRONTEND_DRAINING
+        else:
+            code, body = self.custom
+        writer.write(frontend_head(code, len(body)) + body)
+
+
+def frontend_head(code: int, length: int) -> bytes:
+    """The head 1.6.1's frontend sends to a probe that asked for `connection: close`, in its
+    order (the date fixed)."""
+    lines = [
+        f"HTTP/1.1 {code} {REASONS.get(code, 'Status')}",
+        f"content-type: {FRONTEND_CONTENT_TYPE}",
+        f"content-length: {length}",
+        "connection: close",
+        "date: Fri, 04 Dec 2026 02:40:18 GMT",
+        "",
+        "",
+    ]
+    return "\r\n".join(lines).encode()
+
+
 # What a model server streams: an OpenAI-style SSE completion of three events.
 SSE_EVENTS = (
     b'data: {"choices":[{"text":"Hello"}]}\n\n',
@@ -345,6 +484,15 @@ class ModelServer(HttpServer):
 @contextlib.contextmanager
 def status_server(mode: str = "notready") -> Iterator[StatusServer]:
     server = StatusServer(mode).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def frontend_server(mode: str = "serving") -> Iterator[FrontendServer]:
+    server = FrontendServer(mode).start()
     try:
         yield server
     finally:

@@ -1,4 +1,4 @@
-"""The heartbeat deadline: one step at a time with a fake clock, then a real hung worker."""
+"""The deadlines: one step at a time with a fake clock, then a real hung worker."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from conftest import Sidecar, wait_until
 
+from sidecar.deadlines import DeadlineWatch
 from sidecar.health import HealthState, Status
-from sidecar.heartbeat import IDLE_SECONDS, HeartbeatWatch
 
 
 class Clock:
@@ -19,7 +19,7 @@ class Clock:
         return self.now
 
 
-def watched(timeout: float = 5.0) -> tuple[HealthState, HeartbeatWatch, Clock]:
+def watched(timeout: float = 5.0) -> tuple[HealthState, DeadlineWatch, Clock]:
     clock = Clock(100.0)
     state = HealthState(
         required=("generate",),
@@ -27,12 +27,12 @@ def watched(timeout: float = 5.0) -> tuple[HealthState, HeartbeatWatch, Clock]:
         started_at=100.0,
         heartbeat_timeout=timeout,
     )
-    return state, HeartbeatWatch(state, clock), clock
+    return state, DeadlineWatch(state, clock), clock
 
 
-def test_heartbeat_step_idles_until_the_first_heartbeat() -> None:
+def test_deadline_step_waits_for_a_change_until_the_first_heartbeat() -> None:
     _, watch, _ = watched()
-    assert watch.step() == IDLE_SECONDS
+    assert watch.step() is None
 
 
 def test_heartbeat_step_sleeps_until_the_deadline() -> None:
