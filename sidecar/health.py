@@ -221,6 +221,10 @@ class HealthState:
     started_at: float
     liveness: Liveness = Liveness.STARTED
     heartbeat_timeout: float | None = None
+    # Whether a session holds the life as well as its lease. A frontend's registrants are its
+    # workers, one among many: closing one's session takes its instances, not the frontend's
+    # life (docs/protocol.md section 4.7).
+    sessions_hold_life: bool = True
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
     instances: dict[tuple[str, str, str, int], Instance] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
@@ -230,7 +234,7 @@ class HealthState:
     _status: Status = field(init=False)
     _status_since: float = field(init=False)
     _subscribers: list[Subscriber] = field(default_factory=list, init=False, repr=False)
-    _open_sessions: set[int] = field(default_factory=set, init=False, repr=False)
+    _life_sessions: set[int] = field(default_factory=set, init=False, repr=False)
     _last_session: int = field(default=0, init=False, repr=False)
     _instance_bytes: int = field(default=0, init=False, repr=False)
     _change_listeners: list[Callable[[], None]] = field(
@@ -256,10 +260,16 @@ class HealthState:
         """Whether the worker's current life is running."""
         return self.life.ended_at is None
 
+    def ended(self) -> str:
+        """Why the current life ended, or "" while it runs."""
+        if self.alive:
+            return ""
+        return f"worker life {self.life.number} ended: {self.life.end_reason}"
+
     def live(self) -> tuple[bool, str]:
         """The live path's verdict and, when it fails, why (docs/protocol.md section 3)."""
         if not self.alive:
-            return False, f"worker life {self.life.number} ended: {self.life.end_reason}"
+            return False, self.ended()
         if self.liveness is Liveness.HEALTH:
             if self._status is Status.READY:
                 return True, ""
@@ -570,8 +580,8 @@ class HealthState:
         self.end_life(f"its process {pid} exited", now)
 
     def open_session(self, now: float, pid: int | None = None, lease_id: str | None = None) -> int:
-        """The worker holds a connection open, and with it a lease; returns the session's
-        token. An existing lease (a restored one, after a sidecar restart) is held again;
+        """The worker holds a connection open, and with it its life and a lease; returns the
+        session's token. An existing lease (a restored one, after a sidecar restart) is held again;
         any other id is granted with the session TTL. Raises CapacityError before anything
         changes when no lease can be granted."""
         lease = None if lease_id is None else self.leases.get(lease_id)
@@ -588,14 +598,15 @@ class HealthState:
             lease.session, lease.expires_at = token, None
             self._touch()
             self._publish_lease(lease, old, f"held by session {token}", now)
-        self._open_sessions.add(token)
-        self.life.sessions.add(token)
+        if self.sessions_hold_life:
+            self._life_sessions.add(token)
+            self.life.sessions.add(token)
         return token
 
     def close_session(self, token: int, now: float) -> None:
         """A held connection closed: its lease's instances leave at once, and the last
         session of the current life ends that life."""
-        self._open_sessions.discard(token)
+        self._life_sessions.discard(token)
         for lease_id in [k for k, v in self.leases.items() if v.session == token]:
             self._drop_lease(lease_id, now, "its session connection closed")
         if token not in self.life.sessions or not self.alive:
@@ -659,7 +670,7 @@ class HealthState:
         # A session still open belongs to a worker that is still there: it watches the new
         # life too (a worker that was silent past its heartbeat deadline, then spoke again).
         self.life = Life(
-            number=previous.number + 1, began_at=now, sessions=set(self._open_sessions)
+            number=previous.number + 1, began_at=now, sessions=set(self._life_sessions)
         )
         self.endpoints.clear()
         self._seed_required(now)

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from sidecar.metrics import ProbeMetrics
 from sidecar.settings import METRICS_PATH, READY_PATH, SELF_LIVE_PATH, Mode, Settings
-from sidecar.verdict import Answer, Verdicts, dumps, refusal_headers
+from sidecar.verdict import Answer, FrontendShape, Verdicts, dumps, dumps_in_order, refusal_headers
 
 JSON = "application/json"
 SELF_LIVE_BODY = b'{"status":"live"}'
@@ -71,6 +71,8 @@ def build_probe_app(
     async def refuse(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         metrics.count(request.url.path, exc.status_code)
+        if settings.frontend_shape is FrontendShape.DYNAMO_1_6_1:
+            return refuse_as_dynamo_1_6_1(request, exc.status_code)
         if exc.status_code == 405:
             message = f"{request.method} is not allowed: the probe port is read-only (GET, HEAD)"
         else:
@@ -94,6 +96,17 @@ def build_probe_app(
     # The kubelet follows a redirect (only to the same host): a probe must get its answer here.
     app.router.redirect_slashes = False
     return app
+
+
+def refuse_as_dynamo_1_6_1(request: Request, code: int) -> Response:
+    """Dynamo 1.6.1's frontend refusals: a JSON 404 naming the request as sent (raw path, no
+    query), and a 405 with no body and no content type (docs/protocol.md section 3.6)."""
+    if code == 405:
+        return Response(status_code=405, headers={"allow": "GET,HEAD"})
+    path = request.scope.get("raw_path", request.scope["path"].encode()).split(b"?")[0]
+    message = f"Route not found: {request.method} {path.decode('latin-1')}"
+    body = dumps_in_order({"message": message, "type": "Not Found", "code": code})
+    return Response(body, status_code=code, media_type=JSON)
 
 
 def probe_paths(settings: Settings) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ from sidecar.http_limits import BoundedHttpToolsProtocol
 from sidecar.metrics import ProbeMetrics
 from sidecar.notify import NotifyListener, NotifySocketError
 from sidecar.probe_app import build_probe_app, probe_paths
-from sidecar.settings import Settings
+from sidecar.settings import Mode, Settings
 from sidecar.statefile import StateFileWriter
 from sidecar.verdict import Verdicts
 from sidecar.watch import ProcessWatch, identify
@@ -399,9 +399,10 @@ async def serve(settings: Settings) -> int:
         started_at=clock(),
         liveness=settings.liveness,
         heartbeat_timeout=settings.heartbeat_timeout,
+        sessions_hold_life=settings.mode is Mode.WORKER,
     )
     state.subscribe(log_transition)
-    verdicts = Verdicts(state)
+    verdicts = Verdicts(state, settings.frontend_shape)
     metrics = ProbeMetrics(state, probe_paths(settings), clock=clock)
     stopping = asyncio.Event()
     reporter = None

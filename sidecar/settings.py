@@ -39,6 +39,7 @@ from sidecar.kube import (
     find_in_cluster,
     refusal,
 )
+from sidecar.verdict import FrontendShape
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 NAME_RULE = "1 to 128 characters of A-Z a-z 0-9 _ . -"
@@ -105,6 +106,7 @@ class Settings:
     live_path: str = "/live"
     required_endpoints: tuple[str, ...] = ()
     mode: Mode = Mode.WORKER
+    frontend_shape: FrontendShape = FrontendShape.DOCUMENTED
     socket_path: Path = Path(DEFAULT_SOCKET)
     state_file: Path | None = Path(DEFAULT_STATE_FILE)
     notify_socket: Path | None = None
@@ -175,6 +177,12 @@ OPTIONS: tuple[Option, ...] = (
         'endpoints that must be ready: ["generate"], [generate] or generate,clear_kv_blocks',
     ),
     Option("mode", "DYN_SIDECAR_MODE", "--mode", "worker (default) or frontend"),
+    Option(
+        "frontend_shape",
+        "DYN_SIDECAR_FRONTEND_SHAPE",
+        "--frontend-shape",
+        "frontend mode's bodies: documented (default, Dynamo's documentation) or dynamo-1.6.1",
+    ),
     Option(
         "socket_path",
         "DYN_SIDECAR_SOCKET",
@@ -369,6 +377,7 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
             "the notify socket must differ from the worker's socket and the state file",
         )
     _check_active_checks(settings, raw)
+    _check_frontend_shape(settings, raw)
     if settings.kube is not Kube.OFF:
         found = find_in_cluster(environ, settings.kube_service_account_dir, settings.kube_api_url)
         if settings.kube is Kube.ON and not found.complete:
@@ -726,6 +735,7 @@ PARSERS: Mapping[str, Callable[[str, str], object]] = {
     "live_path": _parse_path,
     "required_endpoints": _parse_endpoint_list,
     "mode": _enum_parser(Mode),
+    "frontend_shape": _enum_parser(FrontendShape),
     "socket_path": _parse_socket,
     "notify_socket": _parse_socket,
     "watch_process": _parse_pattern,
@@ -751,6 +761,13 @@ PARSERS: Mapping[str, Callable[[str, str], object]] = {
     "log_format": _enum_parser(LogFormat),
     "log_level": _enum_parser(LogLevel),
 }
+
+
+def _check_frontend_shape(settings: Settings, raw: Mapping[str, tuple[str, str]]) -> None:
+    """A shape set for a worker would change nothing: say so rather than ignore it."""
+    if "frontend_shape" in raw and settings.mode is not Mode.FRONTEND:
+        source, text = raw["frontend_shape"]
+        raise _invalid(source, text, "the frontend shape needs DYN_SIDECAR_MODE=frontend")
 
 
 def _check_active_checks(settings: Settings, raw: Mapping[str, tuple[str, str]]) -> None:

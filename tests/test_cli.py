@@ -136,6 +136,12 @@ def assert_one_line_error(
             "yaml",
             "DYN_SIDECAR_LOG_FORMAT='yaml' is invalid: expected text or json",
         ),
+        (
+            "DYN_SIDECAR_FRONTEND_SHAPE",
+            "dynamo-1.6.1",
+            "DYN_SIDECAR_FRONTEND_SHAPE='dynamo-1.6.1' is invalid: the frontend shape needs "
+            "DYN_SIDECAR_MODE=frontend",
+        ),
     ],
 )
 def test_serve_invalid_variable_exits_2_with_one_line(variable: str, value: str, line: str) -> None:

@@ -35,8 +35,8 @@ ENDED = f"worker life 1 ended: its status server did not answer {MISSES} times"
 
 
 def alive(sidecar: Sidecar) -> bool:
-    """Whether the frontend's life runs (frontend mode's live path answers 200 either way)."""
-    return bool(sidecar.control("GET", "/v1/worker").json()["alive"])
+    """Whether the frontend's life runs, as the kubelet's liveness probe sees it."""
+    return sidecar.probe("/live").status_code == 200
 
 
 @pytest.fixture
@@ -130,6 +130,7 @@ def test_frontend_mirror_of_a_frontend_that_goes_down_ends_the_life_after_its_mi
     assert time.monotonic() - down < MISSES * INTERVAL + 2 * MARGIN
     worker = sidecar.control("GET", "/v1/worker").json()
     assert worker["end_reason"] == ENDED.split(": ", 1)[1]
+    assert sidecar.probe("/live").json() == {"message": ENDED, "status": "not_live"}
     assert "cannot be reached (miss 1; 3 in a row end the worker's life)" in sidecar.logs()
     frontend.set("serving")
     assert wait_until(lambda: alive(sidecar), timeout=3.0)

@@ -91,6 +91,25 @@ def test_session_close_drops_only_its_leases_instances() -> None:
     assert state.alive
 
 
+def test_last_session_closing_ends_the_life_when_sessions_hold_it() -> None:
+    state, _ = make_state()
+    token = state.open_session(101.0, lease_id=A)
+    state.close_session(token, 102.0)
+    assert not state.alive
+    assert state.life.end_reason == "its session connection closed"
+
+
+def test_last_session_closing_keeps_the_life_when_sessions_hold_only_leases() -> None:
+    state = HealthState(
+        required=(), starting=Status.NOTREADY, started_at=100.0, sessions_hold_life=False
+    )
+    token = state.open_session(101.0, lease_id=A)
+    state.register_instance(owned(1, A), 101.0)
+    state.register_instance(owned(2, None), 101.0)
+    state.close_session(token, 102.0)
+    assert (ids(state), state.alive, state.life.sessions) == ([2], True, set())
+
+
 def test_session_lease_has_no_expiry_while_held() -> None:
     state, _ = make_state()
     state.open_session(101.0, lease_id=A)

@@ -175,16 +175,32 @@ def test_lease_instances_without_a_lease_stay_when_a_session_closes(
     assert wait_until(lambda: listed_ids(frontend) == [22, 33])
 
 
-def test_lease_life_end_drops_only_the_instances_without_a_lease(
+def test_lease_session_in_frontend_mode_holds_only_its_lease_not_the_frontends_life(
     frontend: Sidecar, workers: Callable[..., Worker]
 ) -> None:
     register(frontend, instance(33))
-    renewed = grant(frontend, 60)
-    register(frontend, instance(44), renewed)
     worker = workers(frontend, 11)
+    worker.kill()  # the only session: a registrant's, not the frontend's
+    assert wait_until(lambda: listed_ids(frontend) == [33])
+    assert frontend.control("GET", "/v1/worker").json()["alive"] is True
+    assert frontend.probe("/live").status_code == 200
+    assert "ended" not in frontend.logs()
+
+
+def test_lease_life_end_in_worker_mode_drops_only_the_instances_without_a_lease(
+    run_sidecar: RunSidecar, workers: Callable[..., Worker]
+) -> None:
+    sidecar = run_sidecar({"DYN_SIDECAR_STATE_FILE": "off"})
+    register(sidecar, instance(33))
+    renewed = grant(sidecar, 60)
+    register(sidecar, instance(44), renewed)
+    worker = workers(sidecar, 11)
     worker.kill()  # the only session: the worker's life ends with it
-    assert wait_until(lambda: listed_ids(frontend) == [44])
-    assert frontend.control("GET", "/v1/worker").json()["alive"] is False
+    assert wait_until(lambda: not sidecar.control("GET", "/v1/worker").json()["alive"])
+    view = sidecar.control("GET", "/v1/worker").json()
+    # A worker-mode probe port lists no instances: the socket's view counts them.
+    assert view["instances"] == 1
+    assert [lease["instance_ids"] for lease in view["leases"]] == [[44]]
 
 
 def test_lease_session_reopened_after_a_sidecar_restart_holds_its_lease_again(

@@ -31,6 +31,7 @@ def open_line(life: int) -> bytes:
     """The session's first line, as a pattern: its lease is drawn at random."""
     return rb'\r\n\{"lease":"[0-9a-f]{16}","life":%d,"session":"open"\}\n\r\n' % life
 
+
 CLOSED_REASON = "worker life 1 ended: its session connection closed"
 NOT_READY_YET = "the worker has not been ready yet in this life"
 LIFE_1_ENDED = "worker life 1: alive -> ended after"
@@ -224,12 +225,14 @@ def test_session_close_makes_every_endpoint_notready(
     assert health.json()["status"] == "notready"
 
 
-def test_session_close_drops_frontend_instances(
+def test_session_close_drops_the_frontend_instances_of_its_lease(
     run_sidecar: RunSidecar, open_session: OpenSession
 ) -> None:
     sc = run_sidecar({"DYN_SIDECAR_MODE": "frontend", "DYN_SIDECAR_DRAIN_SECONDS": "0"})
     session = open_session(sc)
-    assert control(sc, "POST", "/v1/instances", json=INSTANCE).status_code == 201
+    lease = json.loads(session.body.split(b"\r\n")[1])["lease"]
+    path = f"/v1/instances?lease={lease}"
+    assert control(sc, "POST", path, json=INSTANCE).status_code == 201
     assert probe(sc, "/health").json()["status"] == "healthy"
     session.close()
     assert wait_until(lambda: probe(sc, "/health").json()["instances"] == [], timeout=1.0)

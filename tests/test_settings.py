@@ -35,6 +35,7 @@ from sidecar.settings import (
     load,
     shown,
 )
+from sidecar.verdict import FrontendShape
 
 ENDPOINTS = "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS"
 VARIABLES = [option.variable for option in OPTIONS]
@@ -181,6 +182,7 @@ def test_load_none_flag_falls_back_to_variable(variable: str) -> None:
 CONTEXT: dict[str, dict[str, str]] = {
     "DYN_SIDECAR_CANARY_URL": {ENDPOINTS: "generate"},
     "DYN_SIDECAR_CANARY_BODY": {"DYN_SIDECAR_CANARY_METHOD": "POST"},
+    "DYN_SIDECAR_FRONTEND_SHAPE": {"DYN_SIDECAR_MODE": "frontend"},
 }
 
 # variable -> [(text, expected value of its field)]
@@ -257,6 +259,11 @@ GOOD_VALUES: dict[str, list[tuple[str, object]]] = {
         ("frontend", Mode.FRONTEND),
         ("FRONTEND", Mode.FRONTEND),
         (" Worker ", Mode.WORKER),
+    ],
+    "DYN_SIDECAR_FRONTEND_SHAPE": [
+        ("documented", FrontendShape.DOCUMENTED),
+        ("dynamo-1.6.1", FrontendShape.DYNAMO_1_6_1),
+        (" Dynamo-1.6.1 ", FrontendShape.DYNAMO_1_6_1),
     ],
     "DYN_SIDECAR_SOCKET": [
         ("/tmp/health.sock", Path("/tmp/health.sock")),
@@ -545,6 +552,10 @@ BAD_VALUES: dict[str, list[tuple[str, str]]] = {
         ("router", "is invalid: expected worker or frontend"),
         ("workers", "is invalid: expected worker or frontend"),
     ],
+    "DYN_SIDECAR_FRONTEND_SHAPE": [
+        ("1.6.1", "is invalid: expected documented or dynamo-1.6.1"),
+        ("dynamo", "is invalid: expected documented or dynamo-1.6.1"),
+    ],
     "DYN_SIDECAR_SOCKET": [
         (socket_path_of(SUN_PATH_MAX + 1), SOCKET_LENGTH),
         (socket_path_of(4096), SOCKET_LENGTH),
@@ -811,6 +822,7 @@ OVERRIDES: dict[str, tuple[str, str, object]] = {
     "DYN_SYSTEM_LIVE_PATH": ("/l1", "/l2", "/l2"),
     ENDPOINTS: ('["a"]', "b,c", ("b", "c")),
     "DYN_SIDECAR_MODE": ("worker", "frontend", Mode.FRONTEND),
+    "DYN_SIDECAR_FRONTEND_SHAPE": ("documented", "dynamo-1.6.1", FrontendShape.DYNAMO_1_6_1),
     "DYN_SIDECAR_SOCKET": ("/tmp/a.sock", "/tmp/b.sock", Path("/tmp/b.sock")),
     "DYN_SIDECAR_DRAIN_SECONDS": ("1", "2.5", 2.5),
     "DYN_SIDECAR_LIVENESS": ("started", "health", Liveness.HEALTH),
@@ -1069,6 +1081,20 @@ def test_canary_body_with_get_is_refused() -> None:
     assert error_of(environ) == (
         "DYN_SIDECAR_CANARY_BODY='{}' is invalid: a canary body needs "
         "DYN_SIDECAR_CANARY_METHOD=POST or PUT"
+    )
+
+
+def test_frontend_shape_in_worker_mode_is_refused() -> None:
+    assert error_of({"DYN_SIDECAR_FRONTEND_SHAPE": "dynamo-1.6.1"}) == (
+        "DYN_SIDECAR_FRONTEND_SHAPE='dynamo-1.6.1' is invalid: the frontend shape needs "
+        "DYN_SIDECAR_MODE=frontend"
+    )
+
+
+def test_frontend_shape_flag_in_worker_mode_is_refused() -> None:
+    assert error_of({}, {"frontend_shape": "documented"}) == (
+        "--frontend-shape='documented' is invalid: the frontend shape needs "
+        "DYN_SIDECAR_MODE=frontend"
     )
 
 

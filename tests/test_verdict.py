@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
+from sidecar.control_app import parse_instance
 from sidecar.health import HealthState, Instance, Liveness, Status
-from sidecar.verdict import Verdicts
+from sidecar.verdict import FrontendShape, Verdicts
 
 READY, NOTREADY = Status.READY, Status.NOTREADY
 
@@ -154,3 +155,128 @@ def test_verdict_uptime_counts_from_the_sidecar_start() -> None:
     state = HealthState(required=(), starting=NOTREADY, started_at=50.0)
     decoded = json.loads(Verdicts(state).health(53.75).body)
     assert decoded["uptime"] == {"nanos": 750_000_000, "secs": 3}
+
+
+# -- the Dynamo 1.6.1 frontend shape (docs/protocol.md section 3.6) --------------------------
+
+# What the real 1.6.1 frontend answered with one worker serving two endpoints
+# (tests/dynamo_frontend_observed.md section b), byte for byte.
+DYNAMO_1_6_1_TWO = (
+    b'{"status":"healthy","endpoints":["dyn://ns1.backend.clear_kv_blocks",'
+    b'"dyn://ns1.backend.generate"],"instances":[{"component":"backend",'
+    b'"endpoint":"clear_kv_blocks","namespace":"ns1","instance_id":10326397869217126491,'
+    b'"transport":{"tcp":"127.0.0.1:38155/8f4ebc268409985b/ns1/backend/clear_kv_blocks"},'
+    b'"device_type":"cuda","request_plane_codec":"msgpack"},{"component":"backend",'
+    b'"endpoint":"generate","namespace":"ns1","instance_id":10326397869217126491,'
+    b'"transport":{"tcp":"127.0.0.1:38155/8f4ebc268409985b/ns1/backend/generate"},'
+    b'"device_type":"cuda","request_plane_codec":"msgpack"}]}'
+)
+DYNAMO_1_6_1_EMPTY = b'{"status":"healthy","endpoints":[],"instances":[]}'
+
+
+def dynamo_1_6_1(state: HealthState) -> Verdicts:
+    return Verdicts(state, FrontendShape.DYNAMO_1_6_1)
+
+
+def registered(state: HealthState, *records: dict[str, object]) -> HealthState:
+    for record in records:
+        state.register_instance(parse_instance(record), 1.0)
+    return state
+
+
+def bare(namespace: str, component: str, endpoint: str, instance_id: int) -> dict[str, object]:
+    return {
+        "namespace": namespace,
+        "component": component,
+        "endpoint": endpoint,
+        "instance_id": instance_id,
+        "transport": {"tcp": "127.0.0.1:1"},
+    }
+
+
+def test_verdict_1_6_1_health_before_instances_is_healthy_with_empty_lists() -> None:
+    answer = dynamo_1_6_1(worker_state(())).frontend_health()
+    assert (answer.code, answer.body) == (200, DYNAMO_1_6_1_EMPTY)
+
+
+def test_verdict_1_6_1_health_serves_real_records_back_byte_for_byte() -> None:
+    records = json.loads(DYNAMO_1_6_1_TWO)["instances"]
+    state = registered(worker_state(()), *reversed(records))
+    answer = dynamo_1_6_1(state).frontend_health()
+    assert (answer.code, answer.body) == (200, DYNAMO_1_6_1_TWO)
+    assert len(answer.body) == 583
+
+
+def test_verdict_1_6_1_health_lists_every_endpoint_not_only_the_models() -> None:
+    state = registered(worker_state(()), bare("ns", "backend", "load_metrics", 1))
+    assert json.loads(dynamo_1_6_1(state).frontend_health().body)["endpoints"] == [
+        "dyn://ns.backend.load_metrics"
+    ]
+    # The documented shape lists only the endpoints that serve a model.
+    assert json.loads(Verdicts(state).frontend_health().body)["endpoints"] == []
+
+
+def test_verdict_1_6_1_instances_sort_as_dynamo_sorts_strings() -> None:
+    ids = [4461388007575221651, 17724347960537578201, 16908527274292830767]
+    state = registered(
+        worker_state(()),
+        *(bare("nsb", "backend", "generate", i) for i in ids),
+        bare("ns", "backend", "generate", 1),
+        bare("ns", "backend-x", "generate", 1),
+    )
+    body = json.loads(dynamo_1_6_1(state).frontend_health().body)
+    order = [(i["namespace"], i["component"], i["instance_id"]) for i in body["instances"]]
+    assert order == [
+        ("ns", "backend-x", 1),
+        ("ns", "backend", 1),
+        ("nsb", "backend", 16908527274292830767),
+        ("nsb", "backend", 17724347960537578201),
+        ("nsb", "backend", 4461388007575221651),
+    ]
+    assert body["endpoints"] == [
+        "dyn://ns.backend-x.generate",
+        "dyn://ns.backend.generate",
+        "dyn://nsb.backend.generate",
+    ]
+
+
+def test_verdict_1_6_1_drain_answers_503_not_ready_draining() -> None:
+    state = registered(worker_state(()), bare("ns", "backend", "generate", 1))
+    state.drain(2.0)
+    answer = dynamo_1_6_1(state).frontend_health()
+    assert answer.code == 503
+    assert (
+        answer.body == b'{"status":"not_ready","stage":"draining","message":"Service is not ready"}'
+    )
+
+
+def test_verdict_1_6_1_live_is_dynamos_body_in_its_order() -> None:
+    answer = dynamo_1_6_1(worker_state(())).frontend_live()
+    assert (answer.code, answer.body) == (200, b'{"status":"live","message":"Service is live"}')
+
+
+def test_verdict_frontend_live_fails_once_the_frontends_life_ended() -> None:
+    state = worker_state(())
+    state.end_life("its process 7 exited", 3.0)
+    answer = Verdicts(state).frontend_live()
+    assert answer.code == 503
+    assert answer.body == (
+        b'{"message":"worker life 1 ended: its process 7 exited","status":"not_live"}'
+    )
+
+
+def test_verdict_1_6_1_live_fails_once_the_frontends_life_ended_in_its_order() -> None:
+    state = worker_state(())
+    state.end_life("no heartbeat for 5s", 3.0)
+    answer = dynamo_1_6_1(state).frontend_live()
+    assert answer.code == 503
+    assert answer.body == (
+        b'{"status":"not_live","message":"worker life 1 ended: no heartbeat for 5s"}'
+    )
+
+
+def test_verdict_frontend_live_stays_200_while_draining() -> None:
+    state = worker_state(())
+    state.drain(2.0)
+    assert dynamo_1_6_1(state).frontend_live().code == 200
+    assert Verdicts(state).frontend_live().code == 200

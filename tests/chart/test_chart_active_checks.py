@@ -148,6 +148,50 @@ def test_upstream_on_runs_the_workers_status_server_on_the_inner_port(render_obj
     }
 
 
+FRONTEND_MIRROR = {
+    "sidecar": {
+        "mode": "frontend",
+        "upstream": {"enabled": True, "url": "http://127.0.0.1:8000/health"},
+    }
+}
+
+
+def test_upstream_in_frontend_mode_mirrors_the_frontends_own_health_path(render_objects):
+    sidecar_env = env(container(render_objects(FRONTEND_MIRROR), SIDECAR))
+    loaded = settings.load({k: v for k, v in sidecar_env.items() if isinstance(v, str)})
+    assert (loaded.mode, loaded.upstream_status_url) == (
+        settings.Mode.FRONTEND,
+        "http://127.0.0.1:8000/health",
+    )
+
+
+def test_upstream_in_frontend_mode_leaves_the_frontends_environment_alone(render_objects):
+    # A frontend serves its own health path on its HTTP port: no status server to start.
+    assert env(container(render_objects(FRONTEND_MIRROR), WORKER)) == {
+        "DYN_SIDECAR_SOCKET": "/var/run/dynamo/health.sock",
+    }
+
+
+def test_upstream_in_frontend_mode_may_set_what_worker_mode_would_set(render_objects):
+    values = merged(
+        FRONTEND_MIRROR, {"worker": {"env": [{"name": "DYN_SYSTEM_PORT", "value": "9"}]}}
+    )
+    assert env(container(render_objects(values), WORKER))["DYN_SYSTEM_PORT"] == "9"
+
+
+@pytest.mark.parametrize("shape", ["documented", "dynamo-1.6.1"])
+def test_frontend_shape_reaches_the_sidecar_in_frontend_mode(render_objects, shape):
+    values = {"sidecar": {"mode": "frontend", "frontendShape": shape}}
+    sidecar_env = env(container(render_objects(values), SIDECAR))
+    assert sidecar_env["DYN_SIDECAR_FRONTEND_SHAPE"] == shape
+    loaded = settings.load({k: v for k, v in sidecar_env.items() if isinstance(v, str)})
+    assert loaded.frontend_shape.value == shape
+
+
+def test_frontend_shape_is_not_rendered_in_worker_mode(default_objects):
+    assert "DYN_SIDECAR_FRONTEND_SHAPE" not in env(container(default_objects, SIDECAR))
+
+
 def test_upstream_values_follow_into_both_containers(render_objects):
     objs = render_objects(
         {
@@ -431,14 +475,14 @@ def test_the_sidecar_refuses_what_the_schema_refuses(variable, text):
     ("values", "line"),
     [
         (
-            {"sidecar": {"mode": "frontend", "upstream": {"enabled": True}}},
-            "- sidecar.upstream.enabled needs sidecar.mode worker: active checks watch a worker, "
-            "not a frontend",
+            merged(CANARY_ON, {"sidecar": {"mode": "frontend"}}),
+            "- sidecar.canary.enabled needs sidecar.mode worker: a canary holds a worker's "
+            "endpoint, and a frontend has none",
         ),
         (
-            merged(CANARY_ON, {"sidecar": {"mode": "frontend"}}),
-            "- sidecar.canary.enabled needs sidecar.mode worker: active checks watch a worker, "
-            "not a frontend",
+            {"sidecar": {"frontendShape": "dynamo-1.6.1"}},
+            "- sidecar.frontendShape dynamo-1.6.1 needs sidecar.mode frontend: a worker's bodies "
+            "have one shape",
         ),
         (
             {"sidecar": {"canary": {"enabled": True}}},
@@ -513,10 +557,8 @@ def test_chart_reports_every_active_check_mistake_at_once(chart):
         }
     }
     assert error_lines(render_error(chart, values)) == [
-        "- sidecar.upstream.enabled needs sidecar.mode worker: active checks watch a worker, "
-        "not a frontend",
-        "- sidecar.canary.enabled needs sidecar.mode worker: active checks watch a worker, "
-        "not a frontend",
+        "- sidecar.canary.enabled needs sidecar.mode worker: a canary holds a worker's "
+        "endpoint, and a frontend has none",
         "- sidecar.upstream.url http://127.0.0.1:9090/health uses port 9090, which is "
         "system.port, the sidecar's probe port: give the worker's status server another port",
         "- sidecar.canary.endpoint and system.endpoints are both empty: a canary needs an "

@@ -110,6 +110,10 @@ def test_schema_rejects_an_unknown_key(chart, values, message):
             "- at '/sidecar/mode': value must be one of 'worker', 'frontend'",
         ),
         (
+            {"sidecar": {"mode": "frontend", "frontendShape": "1.6.1"}},
+            "- at '/sidecar/frontendShape': value must be one of 'documented', 'dynamo-1.6.1'",
+        ),
+        (
             {"system": {"startingHealthStatus": "healthy"}},
             "- at '/system/startingHealthStatus': value must be one of 'ready', 'notready'",
         ),

@@ -101,6 +101,10 @@ typed once. Variables of features this release does not have are set only when e
 {{- end }}
 - name: DYN_SIDECAR_MODE
   value: {{ .Values.sidecar.mode | quote }}
+{{- if eq .Values.sidecar.mode "frontend" }}
+- name: DYN_SIDECAR_FRONTEND_SHAPE
+  value: {{ .Values.sidecar.frontendShape | quote }}
+{{- end }}
 - name: DYN_SIDECAR_SOCKET
   value: {{ .Values.sidecar.socketPath | quote }}
 - name: DYN_SIDECAR_LIVENESS
@@ -312,6 +316,9 @@ Every mistake in the values that the schema cannot see, gathered and reported at
 {{- if and $v.service.enabled (kindIs "string" $v.service.targetPort) (not (has $v.service.targetPort $portNames)) }}
 {{- $messages = append $messages (printf "service.targetPort %s is not the name of a port in worker.ports (names: %s)" $v.service.targetPort (join ", " $portNames | default "none")) }}
 {{- end }}
+{{- if and (ne $v.sidecar.mode "frontend") (ne $v.sidecar.frontendShape "documented") }}
+{{- $messages = append $messages (printf "sidecar.frontendShape %s needs sidecar.mode frontend: a worker's bodies have one shape" $v.sidecar.frontendShape) }}
+{{- end }}
 {{- range $key := list "upstream" "canary" }}
 {{- $check := get $v.sidecar $key }}
 {{- if $check.enabled }}
@@ -319,8 +326,8 @@ Every mistake in the values that the schema cannot see, gathered and reported at
 {{- if or (lt $port 1) (gt $port 65535) }}
 {{- $messages = append $messages (printf "sidecar.%s.url %s has port %d: expected a port from 1 to 65535" $key $check.url $port) }}
 {{- end }}
-{{- if eq $v.sidecar.mode "frontend" }}
-{{- $messages = append $messages (printf "sidecar.%s.enabled needs sidecar.mode worker: active checks watch a worker, not a frontend" $key) }}
+{{- if and (eq $key "canary") (eq $v.sidecar.mode "frontend") }}
+{{- $messages = append $messages "sidecar.canary.enabled needs sidecar.mode worker: a canary holds a worker's endpoint, and a frontend has none" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -334,9 +341,11 @@ Every mistake in the values that the schema cannot see, gathered and reported at
 {{- if eq $port ($v.system.port | int) }}
 {{- $messages = append $messages (printf "sidecar.upstream.url %s uses port %d, which is system.port, the sidecar's probe port: give the worker's status server another port" .url $port) }}
 {{- end }}
+{{- if eq $v.sidecar.mode "worker" }}
 {{- range $v.worker.env }}
 {{- if has .name (list "DYN_SYSTEM_ENABLED" "DYN_SYSTEM_PORT" "DYN_SYSTEM_HEALTH_PATH") }}
 {{- $messages = append $messages (printf "worker.env sets %s, which sidecar.upstream.enabled sets from sidecar.upstream.url: remove it" .name) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
