@@ -221,10 +221,10 @@ class HealthState:
     started_at: float
     liveness: Liveness = Liveness.STARTED
     heartbeat_timeout: float | None = None
-    # Whether a session holds the life as well as its lease. A frontend's registrants are its
-    # workers, one among many: closing one's session takes its instances, not the frontend's
-    # life (docs/protocol.md section 4.7).
-    sessions_hold_life: bool = True
+    # A frontend's state: its registrants are its workers, one among many, so a session holds
+    # only its lease, and it is live while its life runs, with no model to wait for
+    # (docs/protocol.md sections 3.6 and 4.7).
+    frontend: bool = False
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
     instances: dict[tuple[str, str, str, int], Instance] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
@@ -260,16 +260,12 @@ class HealthState:
         """Whether the worker's current life is running."""
         return self.life.ended_at is None
 
-    def ended(self) -> str:
-        """Why the current life ended, or "" while it runs."""
-        if self.alive:
-            return ""
-        return f"worker life {self.life.number} ended: {self.life.end_reason}"
-
     def live(self) -> tuple[bool, str]:
         """The live path's verdict and, when it fails, why (docs/protocol.md section 3)."""
         if not self.alive:
-            return False, self.ended()
+            return False, f"worker life {self.life.number} ended: {self.life.end_reason}"
+        if self.frontend:
+            return True, ""
         if self.liveness is Liveness.HEALTH:
             if self._status is Status.READY:
                 return True, ""
@@ -598,7 +594,7 @@ class HealthState:
             lease.session, lease.expires_at = token, None
             self._touch()
             self._publish_lease(lease, old, f"held by session {token}", now)
-        if self.sessions_hold_life:
+        if not self.frontend:
             self._life_sessions.add(token)
             self.life.sessions.add(token)
         return token

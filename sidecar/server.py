@@ -399,7 +399,7 @@ async def serve(settings: Settings) -> int:
         started_at=clock(),
         liveness=settings.liveness,
         heartbeat_timeout=settings.heartbeat_timeout,
-        sessions_hold_life=settings.mode is Mode.WORKER,
+        frontend=settings.mode is Mode.FRONTEND,
     )
     state.subscribe(log_transition)
     verdicts = Verdicts(state, settings.frontend_shape)

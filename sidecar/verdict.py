@@ -147,9 +147,9 @@ class Verdicts:
         """The live path in frontend mode: 200 until the frontend's life ends (its mirror,
         process watch or heartbeat found it dead or hung). Draining leaves it alone, as the
         worker's live path (docs/protocol.md section 10.7)."""
-        reason = self.state.ended()
+        live, reason = self.state.live()
         documented = self.shape is FrontendShape.DOCUMENTED
-        if not reason:
+        if live:
             return Answer(OK, FRONTEND_LIVE_BODY if documented else FRONTEND_1_6_1_LIVE_BODY)
         if documented:
             return Answer(UNAVAILABLE, dumps({"message": reason, "status": "not_live"}))

@@ -126,3 +126,10 @@ def test_frontend_shape_1_6_1_answers_as_the_real_dynamo_frontend(
             for record in reversed(json.loads(real_body)["instances"]):
                 assert sidecar.control("POST", "/v1/instances", json=record).status_code == 201
             assert ask(sidecar, "GET", "/health").body == real_body
+
+
+def test_frontend_live_metric_and_view_agree_with_the_live_path(shaped: Sidecar) -> None:
+    assert ask(shaped, "GET", "/live").status == 200
+    metrics = ask(shaped, "GET", "/metrics").body.decode()
+    assert "dynamo_sidecar_live 1.0" in metrics
+    assert shaped.control("GET", "/v1/worker").json()["live"] is True

@@ -99,10 +99,8 @@ def test_last_session_closing_ends_the_life_when_sessions_hold_it() -> None:
     assert state.life.end_reason == "its session connection closed"
 
 
-def test_last_session_closing_keeps_the_life_when_sessions_hold_only_leases() -> None:
-    state = HealthState(
-        required=(), starting=Status.NOTREADY, started_at=100.0, sessions_hold_life=False
-    )
+def test_last_session_closing_keeps_a_frontends_life() -> None:
+    state = HealthState(required=(), starting=Status.NOTREADY, started_at=100.0, frontend=True)
     token = state.open_session(101.0, lease_id=A)
     state.register_instance(owned(1, A), 101.0)
     state.register_instance(owned(2, None), 101.0)

@@ -33,6 +33,10 @@ def worker_state(required: tuple[str, ...] = ("generate",), **kwargs: object) ->
     return HealthState(required=required, starting=NOTREADY, started_at=0.0, **kwargs)  # type: ignore[arg-type]
 
 
+def frontend_state() -> HealthState:
+    return HealthState(required=(), starting=NOTREADY, started_at=0.0, frontend=True)
+
+
 def seed_instance(endpoint: str) -> Instance:
     return Instance(
         "dynamo",
@@ -92,7 +96,7 @@ def test_verdict_frontend_instance_id_keeps_every_digit() -> None:
 
 
 def test_verdict_frontend_live_is_dynamos_body() -> None:
-    answer = Verdicts(worker_state(())).frontend_live()
+    answer = Verdicts(frontend_state()).frontend_live()
     assert (answer.code, answer.body) == (200, b'{"message":"Service is live","status":"live"}')
 
 
@@ -251,12 +255,12 @@ def test_verdict_1_6_1_drain_answers_503_not_ready_draining() -> None:
 
 
 def test_verdict_1_6_1_live_is_dynamos_body_in_its_order() -> None:
-    answer = dynamo_1_6_1(worker_state(())).frontend_live()
+    answer = dynamo_1_6_1(frontend_state()).frontend_live()
     assert (answer.code, answer.body) == (200, b'{"status":"live","message":"Service is live"}')
 
 
 def test_verdict_frontend_live_fails_once_the_frontends_life_ended() -> None:
-    state = worker_state(())
+    state = frontend_state()
     state.end_life("its process 7 exited", 3.0)
     answer = Verdicts(state).frontend_live()
     assert answer.code == 503
@@ -266,7 +270,7 @@ def test_verdict_frontend_live_fails_once_the_frontends_life_ended() -> None:
 
 
 def test_verdict_1_6_1_live_fails_once_the_frontends_life_ended_in_its_order() -> None:
-    state = worker_state(())
+    state = frontend_state()
     state.end_life("no heartbeat for 5s", 3.0)
     answer = dynamo_1_6_1(state).frontend_live()
     assert answer.code == 503
@@ -276,7 +280,7 @@ def test_verdict_1_6_1_live_fails_once_the_frontends_life_ended_in_its_order() -
 
 
 def test_verdict_frontend_live_stays_200_while_draining() -> None:
-    state = worker_state(())
+    state = frontend_state()
     state.drain(2.0)
     assert dynamo_1_6_1(state).frontend_live().code == 200
     assert Verdicts(state).frontend_live().code == 200
