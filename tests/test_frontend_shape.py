@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import Sidecar, wait_until
 from dynamo_real import Exchange, exchange
-from test_verdict import DYNAMO_1_6_1_EMPTY, DYNAMO_1_6_1_TWO
+from upstreams import FRONTEND_EMPTY, FRONTEND_TWO
 
 RunSidecar = Callable[..., Sidecar]
 SHAPE_1_6_1 = {
@@ -49,16 +49,16 @@ def test_frontend_shape_1_6_1_health_before_instances_is_healthy_with_empty_list
     shaped: Sidecar,
 ) -> None:
     answer = ask(shaped, "GET", "/health")
-    assert (answer.status, answer.body) == (200, DYNAMO_1_6_1_EMPTY)
+    assert (answer.status, answer.body) == (200, FRONTEND_EMPTY)
     assert headers_of(answer) == {"content-type": "application/json", "content-length": "50"}
 
 
 def test_frontend_shape_1_6_1_serves_posted_real_records_back_byte_for_byte(
     shaped: Sidecar,
 ) -> None:
-    for record in json.loads(DYNAMO_1_6_1_TWO)["instances"]:
+    for record in json.loads(FRONTEND_TWO)["instances"]:
         assert shaped.control("POST", "/v1/instances", json=record).status_code == 201
-    assert ask(shaped, "GET", "/health").body == DYNAMO_1_6_1_TWO
+    assert ask(shaped, "GET", "/health").body == FRONTEND_TWO
 
 
 def test_frontend_shape_1_6_1_unknown_path_is_dynamos_json_404(shaped: Sidecar) -> None:

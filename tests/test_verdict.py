@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from upstreams import FRONTEND_EMPTY, FRONTEND_TWO
+
 from sidecar.control_app import parse_instance
 from sidecar.health import HealthState, Instance, Liveness, Status
 from sidecar.verdict import FrontendShape, Verdicts
@@ -163,20 +166,6 @@ def test_verdict_uptime_counts_from_the_sidecar_start() -> None:
 
 # -- the Dynamo 1.6.1 frontend shape (docs/protocol.md section 3.6) --------------------------
 
-# What the real 1.6.1 frontend answered with one worker serving two endpoints
-# (tests/dynamo_frontend_observed.md section b), byte for byte.
-DYNAMO_1_6_1_TWO = (
-    b'{"status":"healthy","endpoints":["dyn://ns1.backend.clear_kv_blocks",'
-    b'"dyn://ns1.backend.generate"],"instances":[{"component":"backend",'
-    b'"endpoint":"clear_kv_blocks","namespace":"ns1","instance_id":10326397869217126491,'
-    b'"transport":{"tcp":"127.0.0.1:38155/8f4ebc268409985b/ns1/backend/clear_kv_blocks"},'
-    b'"device_type":"cuda","request_plane_codec":"msgpack"},{"component":"backend",'
-    b'"endpoint":"generate","namespace":"ns1","instance_id":10326397869217126491,'
-    b'"transport":{"tcp":"127.0.0.1:38155/8f4ebc268409985b/ns1/backend/generate"},'
-    b'"device_type":"cuda","request_plane_codec":"msgpack"}]}'
-)
-DYNAMO_1_6_1_EMPTY = b'{"status":"healthy","endpoints":[],"instances":[]}'
-
 
 def dynamo_1_6_1(state: HealthState) -> Verdicts:
     return Verdicts(state, FrontendShape.DYNAMO_1_6_1)
@@ -200,14 +189,14 @@ def bare(namespace: str, component: str, endpoint: str, instance_id: int) -> dic
 
 def test_verdict_1_6_1_health_before_instances_is_healthy_with_empty_lists() -> None:
     answer = dynamo_1_6_1(worker_state(())).frontend_health()
-    assert (answer.code, answer.body) == (200, DYNAMO_1_6_1_EMPTY)
+    assert (answer.code, answer.body) == (200, FRONTEND_EMPTY)
 
 
 def test_verdict_1_6_1_health_serves_real_records_back_byte_for_byte() -> None:
-    records = json.loads(DYNAMO_1_6_1_TWO)["instances"]
+    records = json.loads(FRONTEND_TWO)["instances"]
     state = registered(worker_state(()), *reversed(records))
     answer = dynamo_1_6_1(state).frontend_health()
-    assert (answer.code, answer.body) == (200, DYNAMO_1_6_1_TWO)
+    assert (answer.code, answer.body) == (200, FRONTEND_TWO)
     assert len(answer.body) == 583
 
 
@@ -259,24 +248,23 @@ def test_verdict_1_6_1_live_is_dynamos_body_in_its_order() -> None:
     assert (answer.code, answer.body) == (200, b'{"status":"live","message":"Service is live"}')
 
 
-def test_verdict_frontend_live_fails_once_the_frontends_life_ended() -> None:
+@pytest.mark.parametrize(
+    ("shape", "body"),
+    [
+        (FrontendShape.DOCUMENTED, b'{"message":"worker life 1 ended: gone","status":"not_live"}'),
+        (
+            FrontendShape.DYNAMO_1_6_1,
+            b'{"status":"not_live","message":"worker life 1 ended: gone"}',
+        ),
+    ],
+)
+def test_verdict_frontend_live_fails_once_the_frontends_life_ended(
+    shape: FrontendShape, body: bytes
+) -> None:
     state = frontend_state()
-    state.end_life("its process 7 exited", 3.0)
-    answer = Verdicts(state).frontend_live()
-    assert answer.code == 503
-    assert answer.body == (
-        b'{"message":"worker life 1 ended: its process 7 exited","status":"not_live"}'
-    )
-
-
-def test_verdict_1_6_1_live_fails_once_the_frontends_life_ended_in_its_order() -> None:
-    state = frontend_state()
-    state.end_life("no heartbeat for 5s", 3.0)
-    answer = dynamo_1_6_1(state).frontend_live()
-    assert answer.code == 503
-    assert answer.body == (
-        b'{"status":"not_live","message":"worker life 1 ended: no heartbeat for 5s"}'
-    )
+    state.end_life("gone", 3.0)
+    answer = Verdicts(state, shape).frontend_live()
+    assert (answer.code, answer.body) == (503, body)
 
 
 def test_verdict_frontend_live_stays_200_while_draining() -> None:
