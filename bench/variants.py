@@ -75,8 +75,8 @@ def no_proxy_headers() -> None:
 
 def _fast_paths(settings: Any, verdicts: Any, clock: Callable[[], float]) -> dict[str, Any]:
     """path -> a function giving the Answer, for the paths a probe uses."""
+    from sidecar.core.verdict import Answer
     from sidecar.settings import READY_PATH, SELF_LIVE_PATH, Mode
-    from sidecar.verdict import Answer
 
     self_live = Answer(200, b'{"status":"live"}')
     if settings.mode is Mode.FRONTEND:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from sidecar.health import HealthState, Status, Subject, Transition
+from sidecar.core.health import HealthState, Status, Subject, Transition
 
 logger = logging.getLogger("dynamo_health_sidecar")
 

@@ -23,19 +23,20 @@ from pathlib import Path
 
 import uvicorn
 
-from sidecar import kube, statefile
-from sidecar.active_checks import ActiveChecks
-from sidecar.control_app import build_control_app, nothing_to_save
-from sidecar.deadlines import DeadlineWatch
-from sidecar.health import HealthState, Subject, Transition
+from sidecar import kube
+from sidecar.core.health import HealthState, Subject, Transition
+from sidecar.core.verdict import Verdicts
 from sidecar.http_limits import BoundedHttpToolsProtocol
-from sidecar.metrics import ProbeMetrics
-from sidecar.notify import NotifyListener, NotifySocketError
-from sidecar.probe_app import build_probe_app, probe_paths
+from sidecar.inputs.active_checks import ActiveChecks
+from sidecar.inputs.deadlines import DeadlineWatch
+from sidecar.inputs.notify import NotifyListener, NotifySocketError
+from sidecar.inputs.process import ProcessWatch, identify
+from sidecar.inputs.socket_api import build_control_app, nothing_to_save
+from sidecar.outputs import statefile
+from sidecar.outputs.metrics import ProbeMetrics
+from sidecar.outputs.probe_port import build_probe_app, probe_paths
+from sidecar.outputs.statefile import StateFileWriter
 from sidecar.settings import Mode, Settings
-from sidecar.statefile import StateFileWriter
-from sidecar.verdict import Verdicts
-from sidecar.watch import ProcessWatch, identify
 
 logger = logging.getLogger("dynamo_health_sidecar")
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from sidecar.health import MAX_ENDPOINTS, Liveness, Status
+from sidecar.core.health import MAX_ENDPOINTS, Liveness, Status
+from sidecar.core.verdict import FrontendShape
 from sidecar.kube import (
     DEFAULT_CONDITION,
     DEFAULT_SERVICE_ACCOUNT_DIR,
@@ -39,7 +40,6 @@ from sidecar.kube import (
     find_in_cluster,
     refusal,
 )
-from sidecar.verdict import FrontendShape
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 NAME_RULE = "1 to 128 characters of A-Z a-z 0-9 _ . -"

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from upstreams import ModelServer, model_server, status_server
 
-from sidecar.canary import MIN_SPACING, CanaryWatch
-from sidecar.health import HealthState, Status, Transition
-from sidecar.upstream import MAX_BODY_BYTES, UpstreamMirror
+from sidecar.core.health import HealthState, Status, Transition
+from sidecar.inputs.canary import MIN_SPACING, CanaryWatch
+from sidecar.inputs.mirror import MAX_BODY_BYTES, UpstreamMirror
 
 READY, NOTREADY = Status.READY, Status.NOTREADY
 # What a loaded CI machine may add to any bound.

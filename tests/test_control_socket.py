@@ -24,7 +24,7 @@ from conftest import Sidecar, start_sidecar, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.statefile import read
+from sidecar.outputs.statefile import read
 
 JSON_TYPE = "application/json"
 MAX_BODY = 64 * 1024

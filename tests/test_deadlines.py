@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from conftest import Sidecar, wait_until
 
-from sidecar.deadlines import DeadlineWatch
-from sidecar.health import HealthState, Status
+from sidecar.core.health import HealthState, Status
+from sidecar.inputs.deadlines import DeadlineWatch
 
 
 class Clock:

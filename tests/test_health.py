@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.health import (
+from sidecar.core.health import (
     MAX_ENDPOINTS,
     MAX_INSTANCE_BYTES,
     CapacityError,

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from sidecar.health import (
+from sidecar.core.health import (
     LEASE_TTL,
     MAX_LEASES,
     CapacityError,

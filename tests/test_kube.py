@@ -26,7 +26,7 @@ from chart_render import CHART_DIR, by_kind, kubernetes_versions, objects, rende
 from kube_fake import FakeKubeApi, FakeKubeApiProcess, Tls, wait_for
 
 from sidecar import kube
-from sidecar.health import HealthState, Status, Subject, Transition
+from sidecar.core.health import HealthState, Status, Subject, Transition
 from sidecar.kube import (
     COMBINED_PREFIX,
     DEFAULT_CONDITION,

@@ -1,4 +1,4 @@
-"""Log configuration (sidecar/logs.py): what reaches stderr at each level."""
+"""Log configuration (sidecar/outputs/logs.py): what reaches stderr at each level."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sidecar import logs
-from sidecar.logs import configure
+from sidecar.outputs import logs
+from sidecar.outputs.logs import configure
 from sidecar.settings import LogFormat, LogLevel
 
 INVALID = "Invalid HTTP request received."

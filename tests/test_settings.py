@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.health import Liveness, Status
+from sidecar.core.health import Liveness, Status
+from sidecar.core.verdict import FrontendShape
 from sidecar.settings import (
     DEFAULT_SOCKET,
     NAME_PATTERN,
@@ -35,7 +36,6 @@ from sidecar.settings import (
     load,
     shown,
 )
-from sidecar.verdict import FrontendShape
 
 ENDPOINTS = "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS"
 VARIABLES = [option.variable for option in OPTIONS]

@@ -19,7 +19,7 @@ from conftest import Sidecar, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.health import (
+from sidecar.core.health import (
     MAX_ENDPOINTS,
     MAX_INSTANCES,
     CapacityError,
@@ -28,7 +28,7 @@ from sidecar.health import (
     SavedState,
     Status,
 )
-from sidecar.statefile import (
+from sidecar.outputs.statefile import (
     MAX_BYTES,
     CorruptStateFile,
     NotSaved,

@@ -36,7 +36,7 @@ from upstreams import (
     status_server,
 )
 
-from sidecar.health import (
+from sidecar.core.health import (
     MAX_ENDPOINTS,
     MAX_INSTANCE_BYTES,
     MAX_INSTANCES,
@@ -46,7 +46,7 @@ from sidecar.health import (
     Subject,
     Transition,
 )
-from sidecar.upstream import (
+from sidecar.inputs.mirror import (
     FRONTEND,
     MAX_FRONTEND_BODY_BYTES,
     POLL_TIMEOUT_CAP,

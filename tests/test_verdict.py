@@ -7,9 +7,9 @@ import json
 import pytest
 from upstreams import FRONTEND_EMPTY, FRONTEND_TWO
 
-from sidecar.control_app import parse_instance
-from sidecar.health import HealthState, Instance, Liveness, Status
-from sidecar.verdict import FrontendShape, Verdicts
+from sidecar.core.health import HealthState, Instance, Liveness, Status
+from sidecar.core.verdict import FrontendShape, Verdicts
+from sidecar.inputs.socket_api import parse_instance
 
 READY, NOTREADY = Status.READY, Status.NOTREADY
 

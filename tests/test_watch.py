@@ -27,9 +27,15 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from sidecar import watch as watch_module
-from sidecar.health import HealthState, Status, Subject, Transition
-from sidecar.watch import CMDLINE_CHARS, CPU_SAMPLE_SECONDS, Identity, ProcessWatch, identify
+from sidecar.core.health import HealthState, Status, Subject, Transition
+from sidecar.inputs import process as watch_module
+from sidecar.inputs.process import (
+    CMDLINE_CHARS,
+    CPU_SAMPLE_SECONDS,
+    Identity,
+    ProcessWatch,
+    identify,
+)
 
 SLEEPER = "import time; time.sleep(60)"
 # The bound the contract sets, measured from the kill to the state's change.
@@ -184,8 +190,8 @@ def test_watch_step_without_a_worker_finds_nothing(marker: str) -> None:
 SIDECAR = r"""
 import json, os, re, subprocess, sys, time
 import psutil
-from sidecar.health import HealthState, Status
-from sidecar.watch import ProcessWatch
+from sidecar.core.health import HealthState, Status
+from sidecar.inputs.process import ProcessWatch
 marker = sys.argv[-1]
 fork = os.fork()
 if fork == 0:

@@ -14,7 +14,10 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["sidecar"]):
-    from sidecar import control_app, notify, settings, statefile
+    from sidecar import settings
+    from sidecar.inputs import notify
+    from sidecar.inputs import socket_api as control_app
+    from sidecar.outputs import statefile
 
 
 def datagram(data: bytes) -> None:

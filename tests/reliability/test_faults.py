@@ -34,7 +34,7 @@ import httpx
 import pytest
 from conftest import Sidecar, free_port, short_socket_path, start_sidecar
 
-from sidecar.statefile import read
+from sidecar.outputs.statefile import read
 
 from .conftest import Record, Scale
 from .helpers import WORKER, Load, control, loads, log_lines, metric, metrics, probe, wait_for

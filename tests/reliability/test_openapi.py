@@ -227,10 +227,10 @@ def served_routes() -> set[tuple[str, str]]:
     import asyncio
     import time
 
-    from sidecar.control_app import build_control_app
-    from sidecar.health import HealthState, Status
+    from sidecar.core.health import HealthState, Status
+    from sidecar.core.verdict import Verdicts
+    from sidecar.inputs.socket_api import build_control_app
     from sidecar.settings import Settings
-    from sidecar.verdict import Verdicts
 
     state = HealthState(required=(), starting=Status.NOTREADY, started_at=time.monotonic())
     app = build_control_app(Settings(), state, Verdicts(state), asyncio.Event())

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from sidecar.health import HealthState
+from sidecar.core.health import HealthState
 
 
 class DeadlineWatch:

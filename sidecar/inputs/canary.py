@@ -39,8 +39,8 @@ from collections.abc import Callable
 
 import httpx
 
-from sidecar.health import HealthState, Status
-from sidecar.upstream import (
+from sidecar.core.health import HealthState, Status
+from sidecar.inputs.mirror import (
     MAX_BODY_BYTES,
     BodyTooLarge,
     open_client,

@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.health import HealthState
+from sidecar.core.health import HealthState
 
 logger = logging.getLogger("dynamo_health_sidecar")
 

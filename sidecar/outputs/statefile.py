@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sidecar.health import (
+from sidecar.core.health import (
     LEASE_ID_PATTERN,
     MAX_LEASE_TTL,
     MIN_LEASE_TTL,

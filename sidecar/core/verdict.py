@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sidecar.health import HealthState, Instance, Status
+from sidecar.core.health import HealthState, Instance, Status
 
 OK = 200
 UNAVAILABLE = 503

@@ -1,6 +1,6 @@
 """Mirror mode and canaries, built only when asked for: they bring httpx.
 
-The two watchers themselves live in `upstream.py` and `canary.py`; this module turns the
+The two watchers themselves live in `mirror.py` and `canary.py`; this module turns the
 settings into them (the mirror copies a frontend's health path in frontend mode, a worker's
 status server in worker mode), registers their figures in `/metrics` and shows them in
 `GET /v1/worker`.
@@ -13,13 +13,13 @@ import dataclasses
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from sidecar.health import HealthState
-from sidecar.metrics import ProbeMetrics
+from sidecar.core.health import HealthState
+from sidecar.outputs.metrics import ProbeMetrics
 from sidecar.settings import Mode, Settings
 
 if TYPE_CHECKING:
-    from sidecar.canary import CanaryWatch
-    from sidecar.upstream import UpstreamMirror
+    from sidecar.inputs.canary import CanaryWatch
+    from sidecar.inputs.mirror import UpstreamMirror
 
 
 @dataclasses.dataclass
@@ -39,7 +39,7 @@ class ActiveChecks:
     ) -> ActiveChecks:
         checks = cls()
         if settings.upstream_status_url is not None:
-            from sidecar.upstream import FRONTEND, WORKER, UpstreamMirror
+            from sidecar.inputs.mirror import FRONTEND, WORKER, UpstreamMirror
 
             # A frontend-mode sidecar mirrors a Dynamo frontend's health path (its instances),
             # a worker-mode one a worker's system status server (its endpoints).
@@ -72,7 +72,7 @@ class ActiveChecks:
                 lambda: mirror.last_latency,
             )
         if settings.canary_url is not None:
-            from sidecar.canary import CanaryWatch
+            from sidecar.inputs.canary import CanaryWatch
 
             assert settings.canary_endpoint is not None
             checks.canary = canary = CanaryWatch(

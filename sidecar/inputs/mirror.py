@@ -53,8 +53,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from sidecar.control_app import INSTANCE_FIELDS, INSTANCE_ID_RULE, MAX_DEPTH, MAX_INSTANCE_ID
-from sidecar.health import (
+from sidecar.core.health import (
     MAX_ENDPOINTS,
     MAX_INSTANCE_BYTES,
     MAX_INSTANCES,
@@ -63,6 +62,7 @@ from sidecar.health import (
     Instance,
     Status,
 )
+from sidecar.inputs.socket_api import INSTANCE_FIELDS, INSTANCE_ID_RULE, MAX_DEPTH, MAX_INSTANCE_ID
 from sidecar.settings import NAME_PATTERN, NAME_RULE
 
 logger = logging.getLogger("dynamo_health_sidecar")

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.health import HealthState, Status
+from sidecar.core.health import HealthState, Status
 
 
 class HealthCollector(Collector):

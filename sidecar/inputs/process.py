@@ -44,7 +44,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
-from sidecar.health import HealthState
+from sidecar.core.health import HealthState
 
 logger = logging.getLogger("dynamo_health_sidecar")
 

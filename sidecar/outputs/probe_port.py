@@ -16,9 +16,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sidecar.metrics import ProbeMetrics
+from sidecar.core.verdict import (
+    Answer,
+    FrontendShape,
+    Verdicts,
+    dumps,
+    dumps_in_order,
+    refusal_headers,
+)
+from sidecar.outputs.metrics import ProbeMetrics
 from sidecar.settings import METRICS_PATH, READY_PATH, SELF_LIVE_PATH, Mode, Settings
-from sidecar.verdict import Answer, FrontendShape, Verdicts, dumps, dumps_in_order, refusal_headers
 
 JSON = "application/json"
 SELF_LIVE_BODY = b'{"status":"live"}'

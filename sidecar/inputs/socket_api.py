@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from sidecar.health import (
+from sidecar.core.health import (
     LEASE_ID_PATTERN,
     LEASE_TTL,
     MAX_LEASE_TTL,
@@ -36,9 +36,9 @@ from sidecar.health import (
     Status,
     UnknownLease,
 )
+from sidecar.core.verdict import Verdicts, dumps, refusal_headers
+from sidecar.outputs.statefile import NotSaved
 from sidecar.settings import NAME_PATTERN, NAME_RULE, Mode, Settings
-from sidecar.statefile import NotSaved
-from sidecar.verdict import Verdicts, dumps, refusal_headers
 
 JSON = "application/json"
 MAX_BODY = 64 * 1024

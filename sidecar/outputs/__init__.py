@@ -1,0 +1,1 @@
+"""What reads the core: the probe port, metrics, the state file and the log lines."""
