@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from sidecar.core.health import HealthState, Status, Subject, Transition
+from sidecar.core.health import EndCause, HealthState, Status, Subject, Transition
 
 logger = logging.getLogger("dynamo_health_sidecar")
 
@@ -464,7 +464,7 @@ def current_condition(state: HealthState) -> ConditionSpec:
     if not state.alive:
         return ConditionSpec(
             False,
-            life_end_reason(life.end_reason),
+            END_REASONS[life.end_cause],
             f"Worker life {life.number} ended: {life.end_reason}",
         )
     if state.status is Status.READY:
@@ -478,15 +478,13 @@ def current_condition(state: HealthState) -> ConditionSpec:
     )
 
 
-def life_end_reason(reason: str) -> str:
-    """The event reason for the end of a life, from the state machine's words for it: a
-    heartbeat deadline, a status server that stopped answering (both a hung worker), or its
-    process or session gone (an exit)."""
-    if reason.startswith("no heartbeat"):
-        return "HeartbeatMissed"
-    if "did not answer" in reason:
-        return "WorkerUnresponsive"
-    return "WorkerExited"
+# The event reason of each end of a life; a cause a file did not keep counts as an exit.
+END_REASONS = {
+    None: "WorkerExited",
+    EndCause.EXITED: "WorkerExited",
+    EndCause.HEARTBEAT_MISSED: "HeartbeatMissed",
+    EndCause.UNRESPONSIVE: "WorkerUnresponsive",
+}
 
 
 def format_duration(seconds: float) -> str:
@@ -526,7 +524,7 @@ def _describe_worker(t: Transition, state: HealthState | None) -> Report:
         # The life's end has its own event; the condition says why the worker is not ready.
         ended = state.life
         message = f"Worker life {ended.number} ended: {ended.end_reason}"
-        return Report((), ConditionSpec(False, life_end_reason(ended.end_reason), message))
+        return Report((), ConditionSpec(False, END_REASONS[ended.end_cause], message))
     message = f"{life} is not ready any more, after {format_duration(t.after)} ready"
     if state is not None:
         message = f"{message}: {_why_not_ready(state)}"
@@ -548,7 +546,7 @@ def _describe_life(t: Transition, state: HealthState | None) -> Report:
         condition = current_condition(state) if state is not None else None
         return Report((EventSpec(NORMAL, "StateRestored", message),), condition)
     if t.new == "ended":
-        reason = life_end_reason(t.reason)
+        reason = END_REASONS[t.cause]
         message = (
             f"{name} ended after {format_duration(t.after)}: {t.reason}; the live path fails "
             "until a new life begins"

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from upstreams import ModelServer, model_server, status_server
 
-from sidecar.core.health import HealthState, Status, Transition
+from sidecar.core.health import EndCause, HealthState, Status, Transition
 from sidecar.inputs.canary import MIN_SPACING, CanaryWatch
 from sidecar.inputs.mirror import MAX_BODY_BYTES, UpstreamMirror
 
@@ -272,7 +272,7 @@ def test_canary_is_not_sent_before_the_worker_says_ready(server: ModelServer) ->
 
 def test_canary_is_not_sent_after_the_life_ended(server: ModelServer) -> None:
     state = ready_state()
-    state.end_life("its process 7 exited", time.monotonic())
+    state.end_life("its process 7 exited", EndCause.EXITED, time.monotonic())
     watch = canary(server, state)
     asyncio.run(watch.step())
     assert (server.count, watch.sent) == (0, 0)
@@ -313,7 +313,7 @@ def test_canary_straddling_the_end_of_a_life_is_not_counted(server: ModelServer)
     async def main() -> None:
         step = asyncio.create_task(watch.step())
         assert await until(server.frozen.is_set, 1.0)
-        state.end_life("its process 7 exited", time.monotonic())
+        state.end_life("its process 7 exited", EndCause.EXITED, time.monotonic())
         state.set_endpoint("generate", READY, time.monotonic())
         await step
         await watch.aclose()

@@ -10,6 +10,7 @@ from sidecar.core.health import (
     MAX_ENDPOINTS,
     MAX_INSTANCE_BYTES,
     CapacityError,
+    EndCause,
     HealthState,
     Instance,
     Liveness,
@@ -153,7 +154,7 @@ def test_health_end_of_life_makes_every_endpoint_notready_and_fails_live() -> No
     state, _ = make_state(("generate",))
     state.set_endpoint("generate", READY, 101.0)
     state.set_endpoint("load_metrics", READY, 101.0)
-    state.end_life("its process exited", 105.0)
+    state.end_life("its process exited", EndCause.EXITED, 105.0)
     assert statuses(state) == {"generate": "notready", "load_metrics": "notready"}
     assert state.status is NOTREADY
     assert state.live() == (False, "worker life 1 ended: its process exited")
@@ -162,13 +163,13 @@ def test_health_end_of_life_makes_every_endpoint_notready_and_fails_live() -> No
 def test_health_end_of_life_drops_instances() -> None:
     state, _ = make_state()
     state.register_instance(instance(), 101.0)
-    state.end_life("its session connection closed", 102.0)
+    state.end_life("its session connection closed", EndCause.EXITED, 102.0)
     assert state.instances == {}
 
 
-def test_health_end_of_life_is_a_transition_with_its_reason() -> None:
+def test_health_end_of_life_is_a_transition_with_its_reason_and_cause() -> None:
     state, seen = make_state()
-    state.end_life("its session connection closed", 130.0)
+    state.end_life("its session connection closed", EndCause.EXITED, 130.0)
     life = [t for t in seen if t.subject is Subject.LIFE]
     assert life == [
         Transition(
@@ -179,6 +180,7 @@ def test_health_end_of_life_is_a_transition_with_its_reason() -> None:
             130.0,
             30.0,
             "its session connection closed",
+            EndCause.EXITED,
         )
     ]
 
@@ -186,7 +188,7 @@ def test_health_end_of_life_is_a_transition_with_its_reason() -> None:
 def test_health_next_signal_after_a_life_ended_begins_a_new_life() -> None:
     state, _ = make_state(("generate",), starting=READY)
     state.set_endpoint("load_metrics", READY, 101.0)
-    state.end_life("its session connection closed", 102.0)
+    state.end_life("its session connection closed", EndCause.EXITED, 102.0)
     state.heartbeat(103.0)
     assert state.life.number == 2
     assert statuses(state) == {"generate": "ready"}
@@ -197,7 +199,7 @@ def test_health_new_life_starts_required_endpoints_at_the_starting_status_and_no
     state, _ = make_state(("generate",))
     state.set_endpoint("generate", READY, 101.0)
     state.set_endpoint("load_metrics", READY, 101.0)
-    state.end_life("its session connection closed", 102.0)
+    state.end_life("its session connection closed", EndCause.EXITED, 102.0)
     state.set_endpoint("other", NOTREADY, 103.0)
     assert statuses(state) == {"generate": "notready", "other": "notready"}
     assert state.live() == (False, "the worker has not been ready yet in this life")
@@ -217,7 +219,7 @@ def test_health_last_session_closing_ends_the_life() -> None:
 def test_health_session_of_an_old_life_closing_changes_nothing() -> None:
     state, _ = make_state()
     old = state.open_session(101.0)
-    state.end_life("its process exited", 102.0)
+    state.end_life("its process exited", EndCause.EXITED, 102.0)
     state.open_session(103.0)
     state.close_session(old, 104.0)
     assert state.alive
@@ -341,7 +343,7 @@ def test_health_status_always_agrees_with_the_rules(
         if kind == "set":
             state.set_endpoint(name, status, float(at))
         elif kind == "end":
-            state.end_life("test", float(at))
+            state.end_life("test", EndCause.EXITED, float(at))
         elif kind == "heartbeat":
             state.heartbeat(float(at))
         elif kind == "open":
@@ -470,7 +472,7 @@ def test_health_restore_continues_a_ready_life_as_live() -> None:
 
 def test_health_restore_keeps_an_ended_life_ended() -> None:
     old, _ = make_state(("generate",))
-    old.end_life("its process 7 exited", 101.0)
+    old.end_life("its process 7 exited", EndCause.EXITED, 101.0)
     new, _ = make_state(("generate",))
     new.restore(old.save(), 500.0)
     assert new.live() == (False, "worker life 1 ended: its process 7 exited")
@@ -494,7 +496,7 @@ def test_health_restore_gives_a_heartbeating_worker_a_full_timeout() -> None:
 def test_health_session_still_open_watches_the_next_life() -> None:
     state, _ = make_state()
     token = state.open_session(101.0)
-    state.end_life("no heartbeat for 5s", 102.0)
+    state.end_life("no heartbeat for 5s", EndCause.HEARTBEAT_MISSED, 102.0)
     state.heartbeat(103.0)
     state.close_session(token, 104.0)
     assert state.live() == (False, "worker life 2 ended: its session connection closed")
@@ -547,7 +549,7 @@ def test_health_canary_hold_ends_with_the_life() -> None:
     state, _ = make_state(("generate",))
     state.set_endpoint("generate", READY, 101.0)
     state.canary_failed("generate", "503", 110.0)
-    state.end_life("its process 7 exited", 111.0)
+    state.end_life("its process 7 exited", EndCause.EXITED, 111.0)
     state.set_endpoint("generate", READY, 112.0)
     assert statuses(state) == {"generate": "ready"}
 

@@ -10,6 +10,7 @@ from sidecar.core.health import (
     LEASE_TTL,
     MAX_LEASES,
     CapacityError,
+    EndCause,
     HealthState,
     Instance,
     Status,
@@ -128,7 +129,7 @@ def test_life_end_keeps_the_instances_of_leases() -> None:
     state.grant_lease(A, 50.0, 101.0)
     state.register_instance(owned(1, A), 101.0)
     state.register_instance(owned(2, None), 101.0)
-    state.end_life("its process 9 exited", 102.0)
+    state.end_life("its process 9 exited", EndCause.EXITED, 102.0)
     assert ids(state) == [1]
 
 

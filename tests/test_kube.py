@@ -26,7 +26,7 @@ from chart_render import CHART_DIR, by_kind, kubernetes_versions, objects, rende
 from kube_fake import FakeKubeApi, FakeKubeApiProcess, Tls, wait_for
 
 from sidecar import kube
-from sidecar.core.health import HealthState, Status, Subject, Transition
+from sidecar.core.health import EndCause, HealthState, Status, Subject, Transition
 from sidecar.kube import (
     COMBINED_PREFIX,
     DEFAULT_CONDITION,
@@ -367,7 +367,7 @@ def test_kube_describe_end_of_life_by_silence_is_heartbeat_missed() -> None:
 def test_kube_describe_end_of_life_by_a_silent_status_server_is_worker_unresponsive() -> None:
     state = HealthState(required=(), starting=NOTREADY, started_at=0.0)
     reason = "its status server did not answer 3 times"
-    reports = report_after(state, lambda: state.end_life(reason, 90.0))
+    reports = report_after(state, lambda: state.end_life(reason, EndCause.UNRESPONSIVE, 90.0))
     assert events_of(reports)[0][:2] == ("Warning", "WorkerUnresponsive")
     assert reports[0].condition == ConditionSpec(
         False, "WorkerUnresponsive", f"Worker life 1 ended: {reason}"
@@ -396,7 +396,7 @@ def test_kube_describe_endpoint_says_why_when_the_state_knows() -> None:
 
 def test_kube_describe_a_new_life_is_worker_restarted_and_starting() -> None:
     state = HealthState(required=("generate",), starting=NOTREADY, started_at=0.0)
-    state.end_life("its process 7 exited", 100.0)
+    state.end_life("its process 7 exited", EndCause.EXITED, 100.0)
     reports = report_after(state, lambda: state.open_session(112.5))
     assert events_of(reports) == [
         ("Normal", "WorkerRestarted", "Worker life 2 began 12.5s after the previous life ended")
@@ -432,6 +432,23 @@ def test_kube_describe_a_restored_life_is_state_restored_with_the_current_condit
     assert reports[0].condition == ConditionSpec(
         True, "WorkerReady", "Worker life 1 is ready: required endpoint generate is ready"
     )
+
+
+def test_kube_describe_a_restored_ended_life_keeps_why_it_ended() -> None:
+    hung = HealthState(required=(), starting=NOTREADY, started_at=0.0)
+    hung.end_life("no heartbeat for 30s", EndCause.HEARTBEAT_MISSED, 40.0)
+    restarted = HealthState(required=(), starting=NOTREADY, started_at=500.0)
+    reports = report_after(restarted, lambda: restarted.restore(hung.save(), 500.0))
+    assert reports[0].condition == ConditionSpec(
+        False, "HeartbeatMissed", "Worker life 1 ended: no heartbeat for 30s"
+    )
+
+
+def test_kube_describe_an_end_of_life_is_named_by_its_cause_not_its_words() -> None:
+    state = HealthState(required=(), starting=NOTREADY, started_at=0.0)
+    words = "no heartbeat, said the status server, which did not answer"
+    reports = report_after(state, lambda: state.end_life(words, EndCause.EXITED, 9.0))
+    assert events_of(reports)[0][:2] == ("Warning", "WorkerExited")
 
 
 def test_kube_describe_gives_upper_camel_case_reasons_and_normal_or_warning_types() -> None:

@@ -23,6 +23,7 @@ from sidecar.core.health import (
     MAX_ENDPOINTS,
     MAX_INSTANCES,
     CapacityError,
+    EndCause,
     HealthState,
     Instance,
     SavedState,
@@ -41,6 +42,7 @@ from sidecar.outputs.statefile import (
 )
 
 READY, NOTREADY = Status.READY, Status.NOTREADY
+MISSED = EndCause.HEARTBEAT_MISSED
 NOT_A_STATE = (
     "the file is not an object with the keys endpoints, format, instances, leases, life, written_at"
 )
@@ -71,6 +73,17 @@ def saved_state(**changes: object) -> SavedState:
 def test_statefile_round_trips_a_saved_state() -> None:
     saved = saved_state()
     assert decode(encode(saved, 1700000000.0)) == saved
+
+
+def test_statefile_keeps_why_a_life_ended_as_a_value() -> None:
+    saved = saved_state(alive=False, end_reason="no heartbeat for 5s", end_cause=MISSED)
+    assert decode(encode(saved, 0.0)).end_cause is MISSED
+
+
+def test_statefile_reads_a_file_from_before_the_end_cause_was_kept() -> None:
+    document = json.loads(encode(saved_state(alive=False, end_cause=MISSED), 0.0))
+    del document["life"]["end_cause"]
+    assert decode(json.dumps(document).encode()).end_cause is None
 
 
 def test_statefile_keeps_every_digit_of_an_instance_id() -> None:
@@ -128,6 +141,11 @@ def mutated(path: list[str], value: object) -> bytes:
         (["life", "alive"], "yes", "life.alive is not true or false"),
         (["life", "pid"], -1, "life.pid is not an integer from 1 to 2147483647"),
         (["life", "declared"], "maybe", "life.declared is not ready or notready"),
+        (
+            ["life", "end_cause"],
+            "crashed",
+            "life.end_cause is not one of exited, heartbeat-missed, unresponsive",
+        ),
         (["endpoints"], {"gen erate": "ready"}, "an endpoint is not a valid name"),
         (["endpoints"], {"generate": "up"}, "endpoint generate is not ready or notready"),
         (["instances"], {}, "instances is not a list"),

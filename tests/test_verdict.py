@@ -7,7 +7,7 @@ import json
 import pytest
 from upstreams import FRONTEND_EMPTY, FRONTEND_TWO
 
-from sidecar.core.health import HealthState, Instance, Liveness, Status
+from sidecar.core.health import EndCause, HealthState, Instance, Liveness, Status
 from sidecar.core.verdict import FrontendShape, Verdicts
 from sidecar.inputs.socket_api import parse_instance
 
@@ -154,7 +154,7 @@ def test_verdict_cached_endpoint_json_follows_every_change() -> None:
     assert json.loads(verdicts.health(1.0).body)["endpoints"] == {"generate": "notready"}
     state.set_endpoint("generate", READY, 1.0)
     assert json.loads(verdicts.health(1.0).body)["endpoints"] == {"generate": "ready"}
-    state.end_life("test", 2.0)
+    state.end_life("test", EndCause.EXITED, 2.0)
     assert json.loads(verdicts.health(2.0).body)["endpoints"] == {"generate": "notready"}
 
 
@@ -262,7 +262,7 @@ def test_verdict_frontend_live_fails_once_the_frontends_life_ended(
     shape: FrontendShape, body: bytes
 ) -> None:
     state = frontend_state()
-    state.end_life("gone", 3.0)
+    state.end_life("gone", EndCause.EXITED, 3.0)
     answer = Verdicts(state, shape).frontend_live()
     assert (answer.code, answer.body) == (503, body)
 

@@ -60,6 +60,14 @@ class Subject(enum.Enum):
     DRAIN = "drain"
 
 
+class EndCause(enum.Enum):
+    """Why a life ended, as a value, so that a reporter names it without reading the words."""
+
+    EXITED = "exited"  # its process exited or was replaced, or its session closed
+    HEARTBEAT_MISSED = "heartbeat-missed"
+    UNRESPONSIVE = "unresponsive"  # its status server stopped answering
+
+
 @dataclass(frozen=True)
 class Transition:
     """One change of state, with how long the old state had lasted."""
@@ -71,6 +79,8 @@ class Transition:
     at: float
     after: float
     reason: str = ""
+    # Set on the end of a life only.
+    cause: EndCause | None = None
 
     def describe(self) -> str:
         """The log line a person reads, e.g. `generate: notready -> ready after 41.2s`."""
@@ -166,6 +176,7 @@ class Life:
     ever_ready: bool = False
     ended_at: float | None = None
     end_reason: str = ""
+    end_cause: EndCause | None = None
     sessions: set[int] = field(default_factory=set)
     last_signal: float | None = None
     # The last word that says what the worker serves: not heartbeats, not a mirror's copy.
@@ -195,6 +206,8 @@ class SavedState:
     # Each lease with its TTL: a restored lease is held by nobody until a session or a
     # renewal claims it, and expires a full TTL after the restore otherwise.
     leases: Mapping[str, float] = field(default_factory=dict)
+    # None in files written before the cause was kept; a reporter then calls it an exit.
+    end_cause: EndCause | None = None
 
 
 class CapacityError(Exception):
@@ -312,6 +325,7 @@ class HealthState:
             ever_ready=life.ever_ready,
             pid=life.pid,
             end_reason=life.end_reason,
+            end_cause=life.end_cause,
             heartbeats=life.last_heartbeat is not None,
             declared=life.declared,
             status_text=life.status_text,
@@ -339,6 +353,7 @@ class HealthState:
         if not saved.alive:
             self.life.ended_at = now
             self.life.end_reason = saved.end_reason
+            self.life.end_cause = saved.end_cause
         self.endpoints = {
             name: EndpointRecord(status, now, said=status)
             for name, status in saved.endpoints.items()
@@ -540,7 +555,9 @@ class HealthState:
         deadline = self.heartbeat_deadline()
         if deadline is not None and now >= deadline:
             assert self.heartbeat_timeout is not None
-            self.end_life(f"no heartbeat for {self.heartbeat_timeout:g}s", now)
+            self.end_life(
+                f"no heartbeat for {self.heartbeat_timeout:g}s", EndCause.HEARTBEAT_MISSED, now
+            )
 
     def notify_ready(self, now: float, pid: int | None = None) -> None:
         """sd_notify `READY=1`: every required and announced endpoint is ready."""
@@ -567,13 +584,13 @@ class HealthState:
         """
         watched = self.life.watched_pid
         if self.alive and watched not in (None, pid):
-            self.end_life(f"its process {watched} was replaced by {pid}", now)
+            self.end_life(f"its process {watched} was replaced by {pid}", EndCause.EXITED, now)
         self._signal(now, pid)
         self.life.watched_pid = pid
 
     def process_exited(self, pid: int, now: float) -> None:
         """The watched process is gone: its life ends at once."""
-        self.end_life(f"its process {pid} exited", now)
+        self.end_life(f"its process {pid} exited", EndCause.EXITED, now)
 
     def open_session(self, now: float, pid: int | None = None, lease_id: str | None = None) -> int:
         """The worker holds a connection open, and with it its life and a lease; returns the
@@ -609,11 +626,11 @@ class HealthState:
             return
         self.life.sessions.discard(token)
         if not self.life.sessions:
-            self.end_life("its session connection closed", now)
+            self.end_life("its session connection closed", EndCause.EXITED, now)
 
     # -- writing: faults and shutdown ------------------------------------------------------
 
-    def end_life(self, reason: str, now: float) -> None:
+    def end_life(self, reason: str, cause: EndCause, now: float) -> None:
         """The worker died or hung: nothing it served is ready any more."""
         if not self.alive:
             return
@@ -624,6 +641,7 @@ class HealthState:
         self._drop_instances(lambda instance: instance.lease is None)
         self.life.ended_at = now
         self.life.end_reason = reason
+        self.life.end_cause = cause
         self._touch()
         self._publish(
             Transition(
@@ -634,6 +652,7 @@ class HealthState:
                 now,
                 now - self.life.began_at,
                 reason,
+                cause,
             )
         )
         self._reconsider(now)

@@ -58,6 +58,7 @@ from sidecar.core.health import (
     MAX_INSTANCE_BYTES,
     MAX_INSTANCES,
     CapacityError,
+    EndCause,
     HealthState,
     Instance,
     Status,
@@ -563,4 +564,6 @@ class UpstreamMirror:
         self.last_reason = reason
         self.state.mirror_lost(reason, now)
         if self.consecutive_misses >= self.misses and self.armed:
-            self.state.end_life(f"its status server did not answer {self.misses} times", now)
+            self.state.end_life(
+                f"its status server did not answer {self.misses} times", EndCause.UNRESPONSIVE, now
+            )

@@ -26,6 +26,7 @@ from sidecar.core.health import (
     LEASE_ID_PATTERN,
     MAX_LEASE_TTL,
     MIN_LEASE_TTL,
+    EndCause,
     HealthState,
     Instance,
     SavedState,
@@ -61,6 +62,7 @@ def encode(saved: SavedState, written_at: float) -> bytes:
         "ever_ready": saved.ever_ready,
         "pid": saved.pid,
         "end_reason": saved.end_reason,
+        "end_cause": saved.end_cause.value if saved.end_cause else None,
         "heartbeats": saved.heartbeats,
         "declared": saved.declared.value if saved.declared else None,
         "status_text": saved.status_text,
@@ -115,8 +117,10 @@ def decode(data: bytes) -> SavedState:
             "declared",
             "status_text",
         },
+        optional={"end_cause"},
     )
     declared = life["declared"]
+    cause = life.get("end_cause")
     return SavedState(
         life=_integer(life["number"], "life.number", 1, MAX_U64),
         alive=_boolean(life["alive"], "life.alive"),
@@ -131,13 +135,25 @@ def decode(data: bytes) -> SavedState:
             _instance(item, n, format_) for n, item in enumerate(_list(top["instances"]))
         ),
         leases=_leases(top.get("leases", {})),
+        end_cause=None if cause is None else _cause(cause),
     )
 
 
-def _object(value: Any, what: str, keys: set[str]) -> dict[str, Any]:
-    if not isinstance(value, dict) or set(value) != keys:
+def _object(
+    value: Any, what: str, keys: set[str], optional: frozenset[str] | set[str] = frozenset()
+) -> dict[str, Any]:
+    # An optional key is one a later version added to a format: older files lack it.
+    if not isinstance(value, dict) or set(value) - optional != keys:
         raise CorruptStateFile(f"{what} is not an object with the keys {', '.join(sorted(keys))}")
     return value
+
+
+def _cause(value: Any) -> EndCause:
+    try:
+        return EndCause(value)
+    except ValueError:
+        causes = ", ".join(cause.value for cause in EndCause)
+        raise CorruptStateFile(f"life.end_cause is not one of {causes}") from None
 
 
 def _list(value: Any) -> list[Any]:
