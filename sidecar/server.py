@@ -23,7 +23,6 @@ from pathlib import Path
 
 import uvicorn
 
-from sidecar import kube
 from sidecar.core.health import HealthState, Subject, Transition
 from sidecar.core.verdict import Verdicts
 from sidecar.http_limits import BoundedHttpToolsProtocol
@@ -32,6 +31,8 @@ from sidecar.inputs.deadlines import DeadlineWatch
 from sidecar.inputs.notify import NotifyListener, NotifySocketError
 from sidecar.inputs.process import ProcessWatch, identify
 from sidecar.inputs.socket_api import build_control_app, nothing_to_save
+from sidecar.kube.api import official_api
+from sidecar.kube.reporter import KubeReporter
 from sidecar.outputs import statefile
 from sidecar.outputs.metrics import ProbeMetrics
 from sidecar.outputs.probe_port import build_probe_app, probe_paths
@@ -280,7 +281,7 @@ KUBE_COUNTERS = (
 )
 
 
-def watch_kube(metrics: ProbeMetrics, reporter: kube.KubeReporter) -> None:
+def watch_kube(metrics: ProbeMetrics, reporter: KubeReporter) -> None:
     for field, name, documentation in KUBE_COUNTERS:
         read = functools.partial(getattr, reporter, field)
         metrics.add_counter(f"dynamo_sidecar_kube_{name}", documentation, read)
@@ -410,9 +411,7 @@ async def serve(settings: Settings) -> int:
     cluster = settings.kube_cluster
     if cluster is not None:
         assert cluster.pod is not None
-        reporter = kube.KubeReporter(
-            cluster.pod, kube.official_api(cluster), settings.kube_condition
-        )
+        reporter = KubeReporter(cluster.pod, official_api(cluster), settings.kube_condition)
         # Before the state is restored, so its restoration and condition are reported too.
         reporter.attach(state)
         watch_kube(metrics, reporter)

@@ -30,7 +30,7 @@ from typing import TypeVar
 
 from sidecar.core.health import MAX_ENDPOINTS, Liveness, Status
 from sidecar.core.verdict import FrontendShape
-from sidecar.kube import (
+from sidecar.kube.discovery import (
     DEFAULT_CONDITION,
     DEFAULT_SERVICE_ACCOUNT_DIR,
     InCluster,

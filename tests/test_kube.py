@@ -25,28 +25,21 @@ import helm_python as helm
 from chart_render import CHART_DIR, by_kind, kubernetes_versions, objects, render
 from kube_fake import FakeKubeApi, FakeKubeApiProcess, Tls, wait_for
 
-from sidecar import kube
 from sidecar.core.health import EndCause, HealthState, Status, Subject, Transition
-from sidecar.kube import (
-    COMBINED_PREFIX,
+from sidecar.kube import api as kube_api
+from sidecar.kube.api import KubeApiError, official_api
+from sidecar.kube.correlator import COMBINED_PREFIX, EventCorrelator
+from sidecar.kube.discovery import (
     DEFAULT_CONDITION,
-    Backoff,
-    ConditionSpec,
-    EventCorrelator,
-    EventSpec,
-    KubeApiError,
-    KubeReporter,
     PodRef,
-    Report,
     check_api_url,
     check_condition_type,
     check_service_account_dir,
-    describe,
     find_in_cluster,
-    format_duration,
-    official_api,
     refusal,
 )
+from sidecar.kube.reporter import Backoff, KubeReporter
+from sidecar.kube.reports import ConditionSpec, EventSpec, Report, describe, format_duration
 
 READY, NOTREADY = Status.READY, Status.NOTREADY
 NAMESPACE = "llm"
@@ -244,10 +237,10 @@ def test_kube_check_condition_type_refuses_the_kubelets_own_conditions() -> None
     )
 
 
-def test_kube_importing_the_module_and_finding_the_cluster_do_not_import_kubernetes() -> None:
+def test_kube_importing_the_package_and_finding_the_cluster_do_not_import_kubernetes() -> None:
     code = (
-        "import sys, sidecar.kube\n"
-        "assert sidecar.kube.find_in_cluster({}).missing\n"  # looks for the package, no import
+        "import sys, sidecar.kube.api, sidecar.kube.reporter, sidecar.kube.discovery as d\n"
+        "assert d.find_in_cluster({}).missing\n"  # looks for the package, no import
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3')))"
     )
     result = subprocess.run(
@@ -1227,7 +1220,7 @@ def test_kube_an_api_that_forbids_everything_gets_each_report_once(cluster: Clus
 def test_kube_a_rotated_token_is_read_again(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kube._OfficialApi, "TOKEN_REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(kube_api._OfficialApi, "TOKEN_REFRESH_SECONDS", 0.0)
     reporter = cluster.reporter()
     reporter.start()
     reporter.on_transition(endpoint("generate"))
