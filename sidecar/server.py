@@ -23,6 +23,7 @@ from pathlib import Path
 
 import uvicorn
 
+from sidecar.component import StartupError
 from sidecar.core.health import HealthState, Subject, Transition
 from sidecar.core.verdict import Verdicts
 from sidecar.http_limits import BoundedHttpToolsProtocol
@@ -45,10 +46,6 @@ SOCKET_MODE = 0o660
 # Time for a held session to see the end of its response before connections are cut.
 GRACEFUL_SECONDS = 1
 KUBE_FLUSH_SECONDS = 2.0
-
-
-class StartupError(Exception):
-    """The sidecar cannot start for a reason outside its settings (a port in use, say)."""
 
 
 class Server(uvicorn.Server):
