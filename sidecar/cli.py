@@ -183,8 +183,9 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # The server's dependencies load only for `serve`: `status` and `signal` stay quick.
     import uvloop
 
+    from sidecar.component import StartupError
     from sidecar.outputs.logs import configure
-    from sidecar.server import StartupError, serve
+    from sidecar.server import serve
 
     configure(settings.log_format, settings.log_level)
     try:
