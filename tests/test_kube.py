@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "chart"))
 import helm_python as helm
 from chart_render import CHART_DIR, by_kind, kubernetes_versions, objects, render
 from kube_fake import FakeKubeApi, FakeKubeApiProcess, Tls, wait_for
+from kube_pod import NAMESPACE, POD, POD_ENV, service_account
 
 from sidecar.core.health import EndCause, HealthState, Status, Subject, Transition
 from sidecar.kube import api as kube_api
@@ -31,19 +31,12 @@ from sidecar.kube.api import KubeApiError, official_api
 from sidecar.kube.correlator import COMBINED_PREFIX, EventCorrelator
 from sidecar.kube.discovery import (
     DEFAULT_CONDITION,
-    PodRef,
-    check_api_url,
-    check_condition_type,
-    check_service_account_dir,
     find_in_cluster,
-    refusal,
 )
 from sidecar.kube.reporter import Backoff, KubeReporter
 from sidecar.kube.reports import ConditionSpec, EventSpec, Report, describe, format_duration
 
 READY, NOTREADY = Status.READY, Status.NOTREADY
-NAMESPACE = "llm"
-POD = PodRef("rel-dynamo-health-sidecar-7d9f8c6b5-x2x7k", NAMESPACE, str(uuid.uuid4()))
 CONDITION = DEFAULT_CONDITION
 # Events and patches are checked against the oldest Kubernetes the chart supports: a field
 # that only newer versions know would fail here.
@@ -81,172 +74,6 @@ def report_after(state: HealthState, change: Callable[[], object]) -> list[Repor
 
 def events_of(reports: list[Report]) -> list[tuple[str, str, str]]:
     return [(e.type, e.reason, e.message) for r in reports for e in r.events]
-
-
-# -- finding the pod and the API server -------------------------------------------------------
-
-
-def service_account(tmp_path: Path, ca: bool = True) -> Path:
-    directory = tmp_path / "serviceaccount"
-    directory.mkdir(exist_ok=True)
-    (directory / "token").write_text(f"token-{uuid.uuid4().hex}")
-    if ca:
-        (directory / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
-    return directory
-
-
-POD_ENV = {"POD_NAME": POD.name, "POD_NAMESPACE": POD.namespace, "POD_UID": POD.uid}
-SERVICE_ENV = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
-
-
-def test_kube_find_in_cluster_is_complete_with_the_downward_api_and_a_service_account(
-    tmp_path: Path,
-) -> None:
-    directory = service_account(tmp_path)
-    found = find_in_cluster({**POD_ENV, **SERVICE_ENV}, directory)
-    assert found.complete
-    assert found.pod == POD
-    assert found.api_url == "https://10.96.0.1:443"
-    assert (found.token_path, found.ca_path) == (directory / "token", directory / "ca.crt")
-
-
-def test_kube_find_in_cluster_names_everything_missing_in_the_refusal_line(
-    tmp_path: Path,
-) -> None:
-    directory = tmp_path / "nothing"
-    found = find_in_cluster({"POD_NAME": "p", "POD_UID": ""}, directory)
-    assert not found.complete
-    assert found.pod is None
-    assert refusal("DYN_SIDECAR_KUBE", "on", found) == (
-        "DYN_SIDECAR_KUBE='on' needs the pod's Downward API variables, its service account and "
-        "the kubernetes package, "
-        f"but POD_NAMESPACE, POD_UID, KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, "
-        f"{directory}/token and {directory}/ca.crt are missing: set them (the chart does with "
-        "sidecar.kubeReporting.enabled) or use auto or off"
-    )
-
-
-def test_kube_find_in_cluster_without_a_service_account_token_is_incomplete(
-    tmp_path: Path,
-) -> None:
-    directory = service_account(tmp_path)
-    (directory / "token").unlink()
-    found = find_in_cluster({**POD_ENV, **SERVICE_ENV}, directory)
-    assert found.pod == POD
-    assert found.missing == (str(directory / "token"),)
-    assert found.describe_missing() == f"{directory}/token is missing"
-
-
-def test_kube_find_in_cluster_without_the_kubernetes_package_is_incomplete(
-    tmp_path: Path,
-) -> None:
-    environ = {**POD_ENV, **SERVICE_ENV}
-    found = find_in_cluster(environ, service_account(tmp_path), installed=lambda: False)
-    assert found.missing == (
-        "the kubernetes Python package (pip install 'dynamo-health-sidecar[kube]')",
-    )
-
-
-def test_kube_find_in_cluster_brackets_an_ipv6_service_host(tmp_path: Path) -> None:
-    environ = {**POD_ENV, "KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"}
-    assert find_in_cluster(environ, service_account(tmp_path)).api_url == "https://[fd00::1]:443"
-
-
-@pytest.mark.parametrize(
-    ("port", "shown"),
-    [("https", "'https'"), ("\u00b2", "'\u00b2'"), ("9" * 5000, repr("9" * 40))],
-    ids=["a name", "a superscript digit", "5000 digits"],
-)
-def test_kube_find_in_cluster_refuses_a_service_port_that_is_not_a_port(
-    tmp_path: Path, port: str, shown: str
-) -> None:
-    environ = {**POD_ENV, **SERVICE_ENV, "KUBERNETES_SERVICE_PORT": port}
-    found = find_in_cluster(environ, service_account(tmp_path))
-    assert found.missing == (f"a valid KUBERNETES_SERVICE_PORT (not {shown})",)
-
-
-def test_kube_find_in_cluster_with_an_http_url_needs_no_service_variables_nor_ca(
-    tmp_path: Path,
-) -> None:
-    directory = service_account(tmp_path, ca=False)
-    found = find_in_cluster(POD_ENV, directory, api_url="http://127.0.0.1:8001")
-    assert found.complete
-    assert found.api_url == "http://127.0.0.1:8001"
-
-
-@pytest.mark.parametrize(
-    "url", ["https://10.96.0.1:443", "http://127.0.0.1:8001/", "https://[fd00::1]", "https://k8s"]
-)
-def test_kube_check_api_url_accepts_a_server_url(url: str) -> None:
-    assert check_api_url("DYN_SIDECAR_KUBE_API_URL", url) is None
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "10.96.0.1:443",
-        "ftp://10.96.0.1",
-        "https://",
-        "https://10.96.0.1:99999",
-        "https://10.96.0.1/api",
-        "https://u:p@10.96.0.1",
-        "https://10.96.0.1?x=1",
-        "https://10.96.0.1 ",
-    ],
-)
-def test_kube_check_api_url_refuses_what_is_not_a_server_url(url: str) -> None:
-    assert check_api_url("DYN_SIDECAR_KUBE_API_URL", url) == (
-        f"DYN_SIDECAR_KUBE_API_URL={url!r} is invalid: it must be the http:// or https:// URL "
-        "of the API server, with a host and no path, query or credentials, such as "
-        "https://10.96.0.1:443"
-    )
-
-
-def test_kube_check_service_account_dir_wants_an_absolute_path() -> None:
-    assert check_service_account_dir("--kube-service-account-dir", "/var/run/sa") is None
-    assert check_service_account_dir("--kube-service-account-dir", "sa") == (
-        "--kube-service-account-dir='sa' is invalid: it must be the absolute path of the "
-        "directory holding the service account's token and ca.crt, such as "
-        "/var/run/secrets/kubernetes.io/serviceaccount"
-    )
-
-
-@pytest.mark.parametrize(
-    "name", [DEFAULT_CONDITION, "WorkerReady", "example.com/ready", "a.b-c.io/x_y.z-1"]
-)
-def test_kube_check_condition_type_accepts_a_qualified_name(name: str) -> None:
-    assert check_condition_type("DYN_SIDECAR_KUBE_CONDITION", name) is None
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["", "/ready", "Example.com/ready", "example.com/", "a/b/c", "-ready", "x" * 64, "a b"],
-)
-def test_kube_check_condition_type_refuses_what_is_not_a_qualified_name(name: str) -> None:
-    assert check_condition_type("DYN_SIDECAR_KUBE_CONDITION", name) == (
-        f"DYN_SIDECAR_KUBE_CONDITION={name!r} is invalid: it must be a Kubernetes qualified "
-        "name: an optional DNS subdomain and '/', then 1 to 63 letters, digits, '-', '_' or '.' "
-        "that begin and end with a letter or digit, such as dynamo-health-sidecar.io/worker-ready"
-    )
-
-
-def test_kube_check_condition_type_refuses_the_kubelets_own_conditions() -> None:
-    assert check_condition_type("DYN_SIDECAR_KUBE_CONDITION", "Ready") == (
-        "DYN_SIDECAR_KUBE_CONDITION='Ready' is invalid: that condition is the kubelet's own; "
-        "use a type of your own domain, such as dynamo-health-sidecar.io/worker-ready"
-    )
-
-
-def test_kube_importing_the_package_and_finding_the_cluster_do_not_import_kubernetes() -> None:
-    code = (
-        "import sys, sidecar.kube.api, sidecar.kube.reporter, sidecar.kube.discovery as d\n"
-        "assert d.find_in_cluster({}).missing\n"  # looks for the package, no import
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3')))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
-    )
-    assert result.stdout.strip() == "[]"
 
 
 # -- transitions into reports ---------------------------------------------------------------
