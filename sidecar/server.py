@@ -24,7 +24,8 @@ from pathlib import Path
 import uvicorn
 
 from sidecar.component import StartupError
-from sidecar.core.health import HealthState, Subject, Transition
+from sidecar.core.health import HealthState
+from sidecar.core.records import Subject, Transition
 from sidecar.core.verdict import Verdicts
 from sidecar.http_limits import BoundedHttpToolsProtocol
 from sidecar.inputs.active_checks import ActiveChecks

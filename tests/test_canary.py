@@ -19,7 +19,8 @@ import httpx
 import pytest
 from upstreams import ModelServer, model_server, status_server
 
-from sidecar.core.health import EndCause, HealthState, Status, Transition
+from sidecar.core.health import HealthState
+from sidecar.core.records import EndCause, Status, Transition
 from sidecar.inputs.canary import MIN_SPACING, CanaryWatch
 from sidecar.inputs.mirror import MAX_BODY_BYTES, UpstreamMirror
 

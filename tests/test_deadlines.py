@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from conftest import Sidecar, wait_until
 
-from sidecar.core.health import HealthState, Status
+from sidecar.core.health import HealthState
+from sidecar.core.records import Status
 from sidecar.inputs.deadlines import DeadlineWatch
 
 

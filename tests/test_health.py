@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.core.health import (
+from sidecar.core.health import HealthState
+from sidecar.core.records import (
     MAX_ENDPOINTS,
     MAX_INSTANCE_BYTES,
     CapacityError,
     EndCause,
-    HealthState,
     Instance,
     Liveness,
     Status,

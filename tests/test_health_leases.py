@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from sidecar.core.health import (
+from sidecar.core.health import HealthState
+from sidecar.core.records import (
     LEASE_TTL,
     MAX_LEASES,
     CapacityError,
     EndCause,
-    HealthState,
     Instance,
     Status,
     Subject,

@@ -25,7 +25,8 @@ from chart_render import CHART_DIR, by_kind, kubernetes_versions, objects, rende
 from kube_fake import FakeKubeApi, FakeKubeApiProcess, Tls, wait_for
 from kube_pod import NAMESPACE, POD, POD_ENV, service_account
 
-from sidecar.core.health import EndCause, HealthState, Status, Subject, Transition
+from sidecar.core.health import HealthState
+from sidecar.core.records import EndCause, Status, Subject, Transition
 from sidecar.kube import api as kube_api
 from sidecar.kube.api import KubeApiError, official_api
 from sidecar.kube.correlator import COMBINED_PREFIX, EventCorrelator

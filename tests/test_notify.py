@@ -29,7 +29,8 @@ from conftest import Sidecar, short_socket_path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.core.health import HealthState, Status, Subject, Transition
+from sidecar.core.health import HealthState
+from sidecar.core.records import Status, Subject, Transition
 from sidecar.inputs.notify import (
     MAX_DATAGRAM,
     MAX_PER_WAKEUP,

@@ -19,12 +19,12 @@ from conftest import Sidecar, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.core.health import (
+from sidecar.core.health import HealthState
+from sidecar.core.records import (
     MAX_ENDPOINTS,
     MAX_INSTANCES,
     CapacityError,
     EndCause,
-    HealthState,
     Instance,
     SavedState,
     Status,

@@ -36,11 +36,11 @@ from upstreams import (
     status_server,
 )
 
-from sidecar.core.health import (
+from sidecar.core.health import HealthState
+from sidecar.core.records import (
     MAX_ENDPOINTS,
     MAX_INSTANCE_BYTES,
     MAX_INSTANCES,
-    HealthState,
     Instance,
     Status,
     Subject,

@@ -7,7 +7,8 @@ import json
 import pytest
 from upstreams import FRONTEND_EMPTY, FRONTEND_TWO
 
-from sidecar.core.health import EndCause, HealthState, Instance, Liveness, Status
+from sidecar.core.health import HealthState
+from sidecar.core.records import EndCause, Instance, Liveness, Status
 from sidecar.core.verdict import FrontendShape, Verdicts
 from sidecar.inputs.socket_api import parse_instance
 

@@ -27,7 +27,8 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from sidecar.core.health import HealthState, Status, Subject, Transition
+from sidecar.core.health import HealthState
+from sidecar.core.records import Status, Subject, Transition
 from sidecar.inputs import process as watch_module
 from sidecar.inputs.process import (
     CMDLINE_CHARS,
@@ -190,7 +191,8 @@ def test_watch_step_without_a_worker_finds_nothing(marker: str) -> None:
 SIDECAR = r"""
 import json, os, re, subprocess, sys, time
 import psutil
-from sidecar.core.health import HealthState, Status
+from sidecar.core.health import HealthState
+from sidecar.core.records import Status
 from sidecar.inputs.process import ProcessWatch
 marker = sys.argv[-1]
 fork = os.fork()

@@ -16,7 +16,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sidecar.core.health import HealthState, Instance, Status
+from sidecar.core.health import HealthState
+from sidecar.core.records import Instance, Status
 
 OK = 200
 UNAVAILABLE = 503

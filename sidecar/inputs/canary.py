@@ -39,7 +39,8 @@ from collections.abc import Callable
 
 import httpx
 
-from sidecar.core.health import HealthState, Status
+from sidecar.core.health import HealthState
+from sidecar.core.records import Status
 from sidecar.inputs.mirror import (
     MAX_BODY_BYTES,
     BodyTooLarge,

@@ -53,13 +53,13 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from sidecar.core.health import (
+from sidecar.core.health import HealthState
+from sidecar.core.records import (
     MAX_ENDPOINTS,
     MAX_INSTANCE_BYTES,
     MAX_INSTANCES,
     CapacityError,
     EndCause,
-    HealthState,
     Instance,
     Status,
 )

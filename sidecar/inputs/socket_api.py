@@ -25,13 +25,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from sidecar.core.health import (
+from sidecar.core.health import HealthState
+from sidecar.core.records import (
     LEASE_ID_PATTERN,
     LEASE_TTL,
     MAX_LEASE_TTL,
     MIN_LEASE_TTL,
     CapacityError,
-    HealthState,
     Instance,
     Status,
     UnknownLease,

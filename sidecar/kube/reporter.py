@@ -40,7 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.core.health import HealthState, Subject, Transition
+from sidecar.core.health import HealthState
+from sidecar.core.records import Subject, Transition
 from sidecar.kube.api import COMPONENT, KubeApi, KubeApiError
 from sidecar.kube.correlator import CorrelatedEvent, EventCorrelator
 from sidecar.kube.discovery import DEFAULT_CONDITION, PodRef

@@ -7,7 +7,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sidecar.core.health import EndCause, HealthState, Status, Subject, Transition
+from sidecar.core.health import HealthState
+from sidecar.core.records import EndCause, Status, Subject, Transition
 
 logger = logging.getLogger("dynamo_health_sidecar")
 

@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.core.health import HealthState, Status
+from sidecar.core.health import HealthState
+from sidecar.core.records import Status
 
 
 class HealthCollector(Collector):
@@ -26,11 +27,11 @@ class HealthCollector(Collector):
         self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
-        state = self.state
+        state = self.state.snapshot()
         uptime = GaugeMetricFamily(
             "dynamo_component_uptime_seconds", "Seconds since the sidecar started."
         )
-        uptime.add_metric([], self.clock() - state.started_at)
+        uptime.add_metric([], self.clock() - self.state.started_at)
         yield uptime
 
         ready = GaugeMetricFamily(
@@ -55,7 +56,7 @@ class HealthCollector(Collector):
             state.status is Status.READY and not state.draining,
         )
         yield _gauge(
-            "dynamo_sidecar_live", "1 when the live path succeeds, 0 otherwise.", state.live()[0]
+            "dynamo_sidecar_live", "1 when the live path succeeds, 0 otherwise.", state.live[0]
         )
         yield _gauge(
             "dynamo_sidecar_draining", "1 while the sidecar drains after SIGTERM.", state.draining
@@ -63,7 +64,7 @@ class HealthCollector(Collector):
         instances = GaugeMetricFamily(
             "dynamo_sidecar_instances", "Instances registered by the worker."
         )
-        instances.add_metric([], len(state.instances))
+        instances.add_metric([], state.instances)
         yield instances
         lives = CounterMetricFamily(
             "dynamo_sidecar_worker_lives",

@@ -22,12 +22,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sidecar.core.health import (
+from sidecar.core.health import HealthState
+from sidecar.core.records import (
     LEASE_ID_PATTERN,
     MAX_LEASE_TTL,
     MIN_LEASE_TTL,
     EndCause,
-    HealthState,
     Instance,
     SavedState,
     Status,

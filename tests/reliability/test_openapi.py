@@ -227,7 +227,8 @@ def served_routes() -> set[tuple[str, str]]:
     import asyncio
     import time
 
-    from sidecar.core.health import HealthState, Status
+    from sidecar.core.health import HealthState
+    from sidecar.core.records import Status
     from sidecar.core.verdict import Verdicts
     from sidecar.inputs.socket_api import build_control_app
     from sidecar.settings import Settings
