@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from sidecar.core.health import MAX_ENDPOINTS, Liveness, Status
+from sidecar.core.records import MAX_ENDPOINTS, Liveness, Status
 from sidecar.core.verdict import FrontendShape
 from sidecar.kube.discovery import (
     DEFAULT_CONDITION,
