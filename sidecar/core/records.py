@@ -1,5 +1,6 @@
 """The records of the health state: statuses, transitions, instances, leases, lives and what
-the state file keeps, with the limits of each. Data only; the decisions are in `health.py`."""
+the state file keeps, with the limits of each. Data only; the decisions are in `health.py` and
+its base, `machine.py`."""
 
 from __future__ import annotations
 
