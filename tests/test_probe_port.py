@@ -89,10 +89,21 @@ def test_probe_head_answers_the_code_and_length_without_a_body(sidecar: Sidecar)
     assert body == b""
 
 
-def test_probe_unknown_path_is_404_json(sidecar: Sidecar) -> None:
-    response = sidecar.probe("/nope")
-    assert response.status_code == 404
-    assert response.json()["error"].startswith("no such path; the probe port serves ")
+def test_probe_unknown_path_is_404_json_naming_every_path_served(sidecar: Sidecar) -> None:
+    status_line, headers, body = split(raw_get(sidecar, "/nope"))
+    assert status_line == "HTTP/1.1 404 Not Found"
+    assert headers["content-type"] == "application/json"
+    assert body == (
+        b'{"error":"no such path; the probe port serves '
+        b'/health, /live, /metrics, /ready, /sidecar/live"}'
+    )
+
+
+def test_probe_wrong_method_is_405_json_with_a_sorted_allow(sidecar: Sidecar) -> None:
+    status_line, headers, body = split(raw_get(sidecar, "/health", "POST"))
+    assert status_line == "HTTP/1.1 405 Method Not Allowed"
+    assert (headers["allow"], headers["content-type"]) == ("GET, HEAD", "application/json")
+    assert body == b'{"error":"POST is not allowed: the probe port is read-only (GET, HEAD)"}'
 
 
 def test_probe_starting_status_ready_answers_200_before_anything_is_announced(

@@ -1,29 +1,22 @@
-"""The Starlette app on the worker's Unix socket: validate, then call the state machine.
+"""What the worker's socket accepts: every request parsed and checked before the state is touched.
 
-Every request is checked completely before the state is touched, so a request that fails
-changes nothing (docs/protocol.md section 4). Errors are JSON `{"error": ...}` with 400 (malformed),
-404 (unknown path or instance), 405, 413 (body over 64 KiB) or 422 (well-formed, invalid).
+The routes (`sidecar/inputs/worker_api.py`) and the held session (`sidecar/inputs/session.py`)
+read their bodies, queries and path parameters through these functions, so a request that
+fails changes nothing (docs/protocol.md section 4.3): each refusal is an `ApiError` with the
+status code and the line the worker sees, 400 (malformed), 404, 413 (body over 64 KiB) or 422
+(well-formed, invalid). The limits and rules are those of docs/protocol.md sections 4.2 and 9.6.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import importlib.resources
 import json
 import math
 import re
 import secrets
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from sidecar.core.health import HealthState
 from sidecar.core.records import (
@@ -31,28 +24,23 @@ from sidecar.core.records import (
     LEASE_TTL,
     MAX_LEASE_TTL,
     MIN_LEASE_TTL,
-    CapacityError,
     Instance,
     Status,
-    UnknownLease,
 )
-from sidecar.core.verdict import Verdicts, dumps, refusal_headers
-from sidecar.outputs.statefile import NotSaved
-from sidecar.settings import NAME_PATTERN, NAME_RULE, Mode, Settings
+from sidecar.inputs.instance_rules import (
+    INSTANCE_FIELDS,
+    INSTANCE_ID_RULE,
+    MAX_DEPTH,
+    MAX_INSTANCE_ID,
+)
+from sidecar.settings import NAME_PATTERN, NAME_RULE
 
-JSON = "application/json"
 MAX_BODY = 64 * 1024
-MAX_DEPTH = 32
-MAX_INSTANCE_ID = 2**64 - 1
 MAX_PID = 2**31 - 1
-# The socket API's own description (kept in the repository, checked by schemathesis).
-OPENAPI = (importlib.resources.files("sidecar") / "openapi.json").read_bytes()
-INSTANCE_ID_RULE = f"expected an integer from 0 to {MAX_INSTANCE_ID}"
-INSTANCE_FIELDS = ("namespace", "component", "endpoint", "instance_id", "transport")
 INSTANCE_OPTIONAL = ("model",)
 TTL_RULE = f"expected a number of seconds from {MIN_LEASE_TTL:g} to {MAX_LEASE_TTL:g}"
-# How many instance ids `GET /v1/worker` lists per lease (a Dynamo worker has one).
-SHOWN_INSTANCE_IDS = 16
+# An instance id in a path: at most as many digits as 2**64 - 1 has.
+PATH_INSTANCE_ID = re.compile(r"[0-9]{1,20}")
 
 
 class ApiError(Exception):
@@ -67,31 +55,9 @@ class ApiError(Exception):
         self.headers = headers
 
 
-async def nothing_to_save() -> None:
-    """The durability wait of a sidecar without a state file: every change is as durable
-    as it will ever be once it is applied."""
-
-
-async def once_saved(saved: Callable[[], Awaitable[None]], answer: Response) -> Response:
-    """The answer, once the state file holds the change it describes: a worker never repeats
-    a signal answered 2xx, so a 2xx must survive the sidecar being killed right after it.
-    The answer is made before the wait, so it says what this request changed."""
-    try:
-        await saved()
-    except NotSaved as exc:
-        raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
-    return answer
-
-
 def shown(value: object) -> str:
     """A value as the worker wrote it: JSON (`null`, `true`, `"a b"`), not Python."""
     return json.dumps(value, ensure_ascii=False)[:200]
-
-
-def json_response(
-    value: object, status_code: int = 200, headers: Mapping[str, str] | None = None
-) -> Response:
-    return Response(dumps(value), status_code=status_code, headers=headers, media_type=JSON)
 
 
 async def read_json(request: Request) -> Any:
@@ -148,6 +114,8 @@ def _nesting(value: Any) -> int:
 
 
 def require_object(value: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """A body that is an object of known fields: a misspelt field is refused, not ignored,
+    so a worker learns of its mistake at once."""
     if not isinstance(value, dict):
         raise ApiError(422, f"the body must be a JSON object with the fields {', '.join(allowed)}")
     unknown = sorted(set(value) - set(allowed))
@@ -157,6 +125,7 @@ def require_object(value: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
 
 
 def check_name(value: Any, what: str) -> str:
+    """A name as Dynamo allows it; `what` says which name, for the message."""
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise ApiError(422, f"{what} {shown(value)} is invalid: names are {NAME_RULE}")
     return value
@@ -223,6 +192,14 @@ def parse_instance(body: Any, lease: str | None = None) -> Instance:
     )
 
 
+def instance_id_in_path(text: str) -> int:
+    """The id in `DELETE /v1/instances/{instance_id}`, checked as ASCII digits before it is
+    read: `int` alone would take `+7`, ` 7`, `7_0` and non-ASCII digits for numbers."""
+    if not PATH_INSTANCE_ID.fullmatch(text) or int(text) > MAX_INSTANCE_ID:
+        raise ApiError(422, f"instance_id {shown(text)} is invalid: {INSTANCE_ID_RULE}")
+    return int(text)
+
+
 def check_query(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
     """The query parameters, each at most once and each one the route takes."""
     params: dict[str, str] = {}
@@ -237,6 +214,7 @@ def check_query(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
 
 
 def check_lease_id(value: str) -> str:
+    """A lease id as the sidecar draws them: anything else cannot be one it granted."""
     if not LEASE_ID_PATTERN.fullmatch(value):
         raise ApiError(
             422, f"lease {shown(value)} is invalid: expected 16 hexadecimal digits (0-9 a-f)"
@@ -262,323 +240,5 @@ def new_lease_id(state: HealthState) -> str:
     """64 random bits: a registrant cannot guess, and so cannot revoke, another's lease."""
     while True:
         lease_id = secrets.token_hex(8)
-        if lease_id not in state.leases:
+        if not state.holds_lease(lease_id):
             return lease_id
-
-
-def lease_views(state: HealthState, now: float) -> list[dict[str, object]]:
-    """Each lease as `GET /v1/worker` shows it: who holds it and which instances it owns."""
-    owned: dict[str, set[int]] = {lease_id: set() for lease_id in state.leases}
-    counts = dict.fromkeys(state.leases, 0)
-    for instance in state.instances.values():
-        if instance.lease is not None:
-            owned[instance.lease].add(instance.instance_id)
-            counts[instance.lease] += 1
-    views = []
-    for lease_id in sorted(state.leases):
-        lease = state.leases[lease_id]
-        expires = lease.expires_at
-        views.append(
-            {
-                "lease": lease_id,
-                "held_by": lease.holder(),
-                "ttl_seconds": lease.ttl,
-                "expires_in_seconds": None if expires is None else round(max(expires - now, 0), 3),
-                "instances": counts[lease_id],
-                "instance_ids": sorted(owned[lease_id])[:SHOWN_INSTANCE_IDS],
-            }
-        )
-    return views
-
-
-class SessionEndpoint:
-    """`POST /v1/session`: a response held open for as long as the worker lives.
-
-    The kernel closes the worker's end even on SIGKILL, so the connection closing is the
-    most reliable sign of the worker's death that needs no shared process namespace. When
-    the sidecar itself stops, the response is ended instead and the life goes on. The
-    session holds a lease (a new one, or with `?lease=ID` the one it held before a sidecar
-    restart): the instances registered with it leave the moment the connection closes.
-    """
-
-    def __init__(
-        self,
-        state: HealthState,
-        clock: Callable[[], float],
-        stopping: asyncio.Event,
-        saved: Callable[[], Awaitable[None]],
-    ):
-        self.state = state
-        self.clock = clock
-        self.stopping = stopping
-        self.saved = saved
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        try:
-            pid = check_pid(await read_json(request))
-            if self.stopping.is_set():
-                # Opened now, it would be ended at once: a reconnecting client would spin.
-                raise ApiError(
-                    503, "the sidecar is stopping; open the session again", {"Retry-After": "1"}
-                )
-            lease_id = self._lease(request)
-            token = self.state.open_session(self.clock(), pid, lease_id)
-        except CapacityError as exc:
-            await json_response({"error": str(exc)}, 422)(scope, receive, send)
-            return
-        except ApiError as exc:
-            refusal = json_response({"error": exc.message}, exc.status_code, exc.headers)
-            await refusal(scope, receive, send)
-            return
-        life = self.state.life.number
-        # The first line names the life, which the session may have begun: it waits for the
-        # file like any answer. A file that cannot be written does not refuse the session:
-        # the held connection is how the sidecar sees the worker die, saved or not.
-        with contextlib.suppress(NotSaved):
-            await self.saved()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/x-ndjson")],
-            }
-        )
-        await send(
-            {
-                "type": "http.response.body",
-                "body": dumps({"lease": lease_id, "life": life, "session": "open"}) + b"\n",
-                "more_body": True,
-            }
-        )
-        if await self._wait_for_disconnect(receive):
-            self.state.close_session(token, self.clock())
-        else:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    def _lease(self, request: Request) -> str:
-        held = check_query(request, ("lease",)).get("lease")
-        if held is None:
-            return new_lease_id(self.state)
-        if check_lease_id(held) not in self.state.leases:
-            raise ApiError(404, str(UnknownLease(held)))
-        return held
-
-    async def _wait_for_disconnect(self, receive: Receive) -> bool:
-        """True when the worker closed the connection, False when the sidecar is stopping."""
-        stopping = asyncio.ensure_future(self.stopping.wait())
-        try:
-            while True:
-                message = asyncio.ensure_future(receive())
-                done, _ = await asyncio.wait(
-                    {message, stopping}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if message in done:
-                    if message.result()["type"] == "http.disconnect":
-                        return True
-                    continue
-                message.cancel()
-                return False
-        finally:
-            stopping.cancel()
-
-
-def worker_view(
-    state: HealthState, now: float, process: Mapping[str, object] | None
-) -> dict[str, object]:
-    """`GET /v1/worker`: the worker's life, for `status` and operators."""
-    life = state.life
-    live, reason = state.live()
-    deadline = state.heartbeat_deadline()
-    return {
-        "life": life.number,
-        "alive": state.alive,
-        "ever_ready": life.ever_ready,
-        "end_reason": life.end_reason or None,
-        "live": live,
-        "reason": reason or None,
-        "status": "notready" if state.draining else state.status.value,
-        "draining": state.draining,
-        "pid": life.pid,
-        "status_text": life.status_text or None,
-        "sessions": len(life.sessions),
-        "life_seconds": round(now - life.began_at, 3),
-        "heartbeat_deadline_seconds": None if deadline is None else round(deadline - now, 3),
-        "endpoints": {
-            name: {
-                "status": record.status.value,
-                "since_seconds": round(now - record.since, 3),
-                "transitions": record.transitions,
-            }
-            for name, record in state.endpoints.items()
-        },
-        "instances": len(state.instances),
-        "leases": lease_views(state, now),
-        "process": process,
-    }
-
-
-def build_control_app(
-    settings: Settings,
-    state: HealthState,
-    verdicts: Verdicts,
-    stopping: asyncio.Event,
-    clock: Callable[[], float] = time.monotonic,
-    process_info: Callable[[], Mapping[str, object] | None] = lambda: None,
-    checks_info: Callable[[], Mapping[str, object]] = dict,
-    saved: Callable[[], Awaitable[None]] = nothing_to_save,
-) -> Starlette:
-    """The worker's API for one state; `process_info` is what the process watch sees, and
-    `saved` waits until the state file holds every change made so far."""
-
-    async def endpoint_answer(name: str, status: Status) -> Response:
-        try:
-            record = state.set_endpoint(name, status, clock())
-        except CapacityError as exc:
-            raise ApiError(422, str(exc)) from None
-        answer = {
-            "endpoint": name,
-            "life": state.life.number,
-            "overall": verdicts.worker_status().value,
-            "status": record.status.value,
-        }
-        return await once_saved(saved, json_response(answer))
-
-    # Each handler reads the body before judging the path: refusing early would close the
-    # connection under a client still sending its body (a broken pipe instead of an answer).
-    async def put_endpoint(request: Request) -> Response:
-        body = await read_json(request)
-        name = check_name(request.path_params["name"], "endpoint name")
-        body = require_object(body, ("status",))
-        if "status" not in body:
-            raise ApiError(
-                422, 'missing field "status"; expected {"status": "ready"} or "notready"'
-            )
-        return await endpoint_answer(name, check_status(body["status"]))
-
-    async def post_ready(request: Request) -> Response:
-        await read_json(request)
-        name = check_name(request.path_params["name"], "endpoint name")
-        return await endpoint_answer(name, Status.READY)
-
-    async def post_notready(request: Request) -> Response:
-        await read_json(request)
-        name = check_name(request.path_params["name"], "endpoint name")
-        return await endpoint_answer(name, Status.NOTREADY)
-
-    async def post_instance(request: Request) -> Response:
-        body = await read_json(request)
-        lease = check_query(request, ("lease",)).get("lease")
-        instance = parse_instance(body, None if lease is None else check_lease_id(lease))
-        try:
-            is_new = state.register_instance(instance, clock())
-        except (CapacityError, UnknownLease) as exc:
-            raise ApiError(422, str(exc)) from None
-        body = {
-            "instance_id": instance.instance_id,
-            "instances": len(state.instances),
-            "url": instance.url,
-        }
-        return await once_saved(saved, json_response(body, 201 if is_new else 200))
-
-    async def delete_instance(request: Request) -> Response:
-        await read_json(request)
-        text = request.path_params["instance_id"]
-        if not re.fullmatch(r"[0-9]{1,20}", text) or int(text) > MAX_INSTANCE_ID:
-            raise ApiError(
-                422,
-                f"instance_id {shown(text)} is invalid: {INSTANCE_ID_RULE}",
-            )
-        instance_id = int(text)
-        if not any(key[3] == instance_id for key in state.instances):
-            raise ApiError(404, f"no instance has instance_id {instance_id}")
-        removed = state.remove_instances(instance_id, clock())
-        answer = json_response({"instance_id": instance_id, "removed": removed})
-        return await once_saved(saved, answer)
-
-    async def post_lease(request: Request) -> Response:
-        ttl = check_ttl(await read_json(request))
-        try:
-            lease = state.grant_lease(new_lease_id(state), ttl, clock())
-        except CapacityError as exc:
-            raise ApiError(422, str(exc)) from None
-        answer = json_response({"lease": lease.lease_id, "ttl_seconds": lease.ttl}, 201)
-        return await once_saved(saved, answer)
-
-    def lease_in_path(request: Request) -> str:
-        return check_lease_id(request.path_params["lease"])
-
-    async def put_lease(request: Request) -> Response:
-        await read_json(request)
-        lease_id = lease_in_path(request)
-        try:
-            lease = state.renew_lease(lease_id, clock())
-        except UnknownLease as exc:
-            raise ApiError(404, str(exc)) from None
-        # A renewal changes nothing the state file keeps (a restored lease gets a full TTL).
-        return json_response({"lease": lease_id, "ttl_seconds": lease.ttl})
-
-    async def delete_lease(request: Request) -> Response:
-        await read_json(request)
-        lease_id = lease_in_path(request)
-        try:
-            removed = state.revoke_lease(lease_id, clock())
-        except UnknownLease as exc:
-            raise ApiError(404, str(exc)) from None
-        return await once_saved(saved, json_response({"lease": lease_id, "removed": removed}))
-
-    async def post_heartbeat(request: Request) -> Response:
-        pid = check_pid(await read_json(request))
-        state.heartbeat(clock(), pid)
-        answer = json_response({"life": state.life.number, "status": "alive"})
-        return await once_saved(saved, answer)
-
-    async def get_status(request: Request) -> Response:
-        if settings.mode is Mode.FRONTEND:
-            answer = verdicts.frontend_health()
-        else:
-            answer = verdicts.health(clock())
-        return Response(answer.body, media_type=JSON)
-
-    async def get_openapi(request: Request) -> Response:
-        return Response(OPENAPI, media_type=JSON)
-
-    async def get_worker(request: Request) -> Response:
-        return json_response({**worker_view(state, clock(), process_info()), **checks_info()})
-
-    async def refuse(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, ApiError):
-            return json_response({"error": exc.message}, exc.status_code, exc.headers)
-        assert isinstance(exc, HTTPException)
-        headers = refusal_headers(exc.headers)
-        if exc.status_code == 405:
-            allowed = headers.get("Allow", "")
-            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
-        else:
-            message = f"no such path: {request.url.path}"
-        return Response(
-            dumps({"error": message}),
-            status_code=exc.status_code,
-            headers=headers,
-            media_type=JSON,
-        )
-
-    routes = [
-        Route("/v1/endpoints/{name}", put_endpoint, methods=["PUT"]),
-        Route("/v1/endpoints/{name}/ready", post_ready, methods=["POST"]),
-        Route("/v1/endpoints/{name}/notready", post_notready, methods=["POST"]),
-        Route("/v1/instances", post_instance, methods=["POST"]),
-        Route("/v1/instances/{instance_id}", delete_instance, methods=["DELETE"]),
-        Route("/v1/leases", post_lease, methods=["POST"]),
-        Route("/v1/leases/{lease}", put_lease, methods=["PUT"]),
-        Route("/v1/leases/{lease}", delete_lease, methods=["DELETE"]),
-        Route("/v1/heartbeat", post_heartbeat, methods=["POST"]),
-        Route("/v1/session", SessionEndpoint(state, clock, stopping, saved), methods=["POST"]),
-        Route("/v1/status", get_status, methods=["GET"]),
-        Route("/v1/worker", get_worker, methods=["GET"]),
-        Route("/v1/openapi.json", get_openapi, methods=["GET"]),
-    ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: refuse, ApiError: refuse})
-    # A redirect is not an answer a worker's client expects: `/v1/status/` is simply unknown.
-    app.router.redirect_slashes = False
-    return app

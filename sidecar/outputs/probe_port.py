@@ -7,7 +7,7 @@ in memory: no await on anything, no I/O beyond the response itself (docs/protoco
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -16,18 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from sidecar.core.verdict import (
-    Answer,
-    FrontendShape,
-    Verdicts,
-    dumps,
-    dumps_in_order,
-    refusal_headers,
-)
+from sidecar.core.verdict import Answer, FrontendShape, Verdicts, dumps_in_order
+from sidecar.http_answers import JSON, routing_refusal
 from sidecar.outputs.metrics import ProbeMetrics
 from sidecar.settings import METRICS_PATH, READY_PATH, SELF_LIVE_PATH, Mode, Settings
 
-JSON = "application/json"
 SELF_LIVE_BODY = b'{"status":"live"}'
 
 
@@ -75,22 +68,6 @@ def build_probe_app(
         metrics.count(METRICS_PATH, 200)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def refuse(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        metrics.count(request.url.path, exc.status_code)
-        if settings.frontend_shape is FrontendShape.DYNAMO_1_6_1:
-            return refuse_as_dynamo_1_6_1(request, exc.status_code)
-        if exc.status_code == 405:
-            message = f"{request.method} is not allowed: the probe port is read-only (GET, HEAD)"
-        else:
-            message = f"no such path; the probe port serves {', '.join(sorted(metrics.paths))}"
-        return Response(
-            dumps({"error": message}),
-            status_code=exc.status_code,
-            headers=refusal_headers(exc.headers),
-            media_type=JSON,
-        )
-
     routes = [
         Route(settings.health_path, health_route, methods=["GET"]),
         Route(settings.live_path, live_route, methods=["GET"]),
@@ -99,10 +76,32 @@ def build_probe_app(
     ]
     if settings.health_path != READY_PATH:
         routes.append(Route(READY_PATH, ready_route, methods=["GET"]))
+    refuse = probe_refusal(settings, metrics)
     app = Starlette(routes=routes, exception_handlers={HTTPException: refuse})
     # The kubelet follows a redirect (only to the same host): a probe must get its answer here.
     app.router.redirect_slashes = False
     return app
+
+
+def probe_refusal(
+    settings: Settings, metrics: ProbeMetrics
+) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The router's 404 and 405, counted like any answer: the sidecar's JSON, which names what
+    is served (docs/protocol.md sections 3.2 and 10.3), or Dynamo 1.6.1's own (section 3.6)."""
+
+    def explain(request: Request, code: int, allowed: str) -> str:
+        if code == 405:
+            return f"{request.method} is not allowed: the probe port is read-only (GET, HEAD)"
+        return f"no such path; the probe port serves {', '.join(sorted(metrics.paths))}"
+
+    async def refuse(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        metrics.count(request.url.path, exc.status_code)
+        if settings.frontend_shape is FrontendShape.DYNAMO_1_6_1:
+            return refuse_as_dynamo_1_6_1(request, exc.status_code)
+        return routing_refusal(request, exc, explain)
+
+    return refuse
 
 
 def refuse_as_dynamo_1_6_1(request: Request, code: int) -> Response:

@@ -230,11 +230,11 @@ def served_routes() -> set[tuple[str, str]]:
     from sidecar.core.health import HealthState
     from sidecar.core.records import Status
     from sidecar.core.verdict import Verdicts
-    from sidecar.inputs.socket_api import build_control_app
+    from sidecar.inputs.worker_api import WorkerApi, build_control_app
     from sidecar.settings import Settings
 
     state = HealthState(required=(), starting=Status.NOTREADY, started_at=time.monotonic())
-    app = build_control_app(Settings(), state, Verdicts(state), asyncio.Event())
+    app = build_control_app(WorkerApi(Settings(), state, Verdicts(state), asyncio.Event()))
     routes = set()
     for route in app.routes:
         assert isinstance(route, Route)
