@@ -22,7 +22,8 @@ from upstreams import ModelServer, model_server, status_server
 from sidecar.core.health import HealthState
 from sidecar.core.records import EndCause, Status, Transition
 from sidecar.inputs.canary import MIN_SPACING, CanaryWatch
-from sidecar.inputs.mirror import MAX_BODY_BYTES, UpstreamMirror
+from sidecar.inputs.mirror import UpstreamMirror
+from sidecar.inputs.replies import MAX_BODY_BYTES
 
 READY, NOTREADY = Status.READY, Status.NOTREADY
 # What a loaded CI machine may add to any bound.
@@ -73,7 +74,6 @@ def canary(
     wait: float = 0.0,
     failures: int = 3,
     path: str = "/health",
-    worker_signal: Callable[[], float | None] | None = None,
 ) -> CanaryWatch:
     return CanaryWatch(
         server.url + path,
@@ -85,7 +85,6 @@ def canary(
         "generate",
         failures,
         state,
-        worker_signal=worker_signal,
     )
 
 

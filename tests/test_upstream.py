@@ -1,7 +1,7 @@
 """Mirror mode against a real Dynamo-format status server and a real stand-in for a Dynamo
 frontend's health path (tests/upstreams.py).
 
-`step()` is one poll over a real socket into a real `HealthState`; the `run()` tests time
+`probe()` is one poll over a real socket into a real `HealthState`; the `run()` tests time
 each transition on the monotonic clock against its bound, with a margin for a loaded machine.
 `parse_status` and `parse_frontend` are pure and tested on bytes alone.
 """
@@ -46,12 +46,10 @@ from sidecar.core.records import (
     Subject,
     Transition,
 )
-from sidecar.inputs.mirror import (
-    FRONTEND,
+from sidecar.inputs.mirror import FRONTEND, POLL_TIMEOUT_CAP, UpstreamMirror
+from sidecar.inputs.mirror_judgement import (
     MAX_FRONTEND_BODY_BYTES,
-    POLL_TIMEOUT_CAP,
     UpstreamError,
-    UpstreamMirror,
     parse_frontend,
     parse_status,
 )
@@ -104,7 +102,7 @@ def poll(mirror: UpstreamMirror, times: int = 1) -> float:
         try:
             for _ in range(times):
                 started = time.monotonic()
-                await mirror.step()
+                await mirror.probe()
                 took = time.monotonic() - started
         finally:
             await mirror.aclose()
