@@ -1,5 +1,6 @@
-"""Kubernetes reporting: transitions into events and a pod condition, correlated like the kubelet's
-recorder, sent beside the event loop; against a fake API server with the official client."""
+"""Kubernetes reporting sent beside the event loop: the recorder on the loop, the outbox, the
+sender's retries and correlation on a clock of its own, and the adapter against a fake API
+server with the official client."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import asyncio
 import contextlib
 import gc
 import logging
-import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,17 +26,20 @@ from chart_render import CHART_DIR, by_kind, kubernetes_versions, objects, rende
 from kube_fake import FakeKubeApi, FakeKubeApiProcess, Tls, wait_for
 from kube_pod import NAMESPACE, POD, POD_ENV, service_account
 
+from sidecar.component import Kind
 from sidecar.core.health import HealthState
-from sidecar.core.records import EndCause, Status, Subject, Transition
+from sidecar.core.records import Status, Subject, Transition
+from sidecar.core.views import Snapshot
 from sidecar.kube import api as kube_api
 from sidecar.kube.api import KubeApiError, official_api
-from sidecar.kube.correlator import COMBINED_PREFIX, EventCorrelator
+from sidecar.kube.correlator import EventCorrelator
 from sidecar.kube.discovery import (
     DEFAULT_CONDITION,
     find_in_cluster,
 )
-from sidecar.kube.reporter import Backoff, KubeReporter
-from sidecar.kube.reports import ConditionSpec, EventSpec, Report, describe, format_duration
+from sidecar.kube.outbox import QUEUE_SIZE, Outbox
+from sidecar.kube.reporter import KubeReporting, Recorder, kube_readings
+from sidecar.kube.sender import DEFAULT_BACKOFF, Backoff, Sender
 
 READY, NOTREADY = Status.READY, Status.NOTREADY
 CONDITION = DEFAULT_CONDITION
@@ -43,7 +47,8 @@ CONDITION = DEFAULT_CONDITION
 # that only newer versions know would fail here.
 KUBE_VERSION = kubernetes_versions()[0]
 EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-UPPER_CAMEL = re.compile(r"(?:[A-Z][a-z0-9]+)+")
+LOGGER = "dynamo_health_sidecar"
+NOT_SENT = "were not sent before exit"
 
 
 class Clock:
@@ -59,331 +64,36 @@ class Clock:
         self.now += seconds
 
 
-def transitions_of(state: HealthState) -> list[Transition]:
-    seen: list[Transition] = []
-    state.subscribe(seen.append)
-    return seen
+class Announcing(HealthState):
+    """A state whose transitions a test makes up: `announce` gives one to its subscribers as
+    the state would publish it."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.heard: list[Callable[[Transition], None]] = []
+
+    def subscribe(self, subscriber: Callable[[Transition], None]) -> None:
+        super().subscribe(subscriber)
+        self.heard.append(subscriber)
+
+    def announce(self, transition: Transition) -> None:
+        for subscriber in self.heard:
+            subscriber(transition)
 
 
-def report_after(state: HealthState, change: Callable[[], object]) -> list[Report]:
-    """The reports for what `change` publishes, described as the reporter does (state current)."""
-    reports: list[Report] = []
-    state.subscribe(lambda t: reports.append(describe(t, state)))
-    change()
-    return reports
+def endpoint(name: str, new: str = "ready", after: float = 1.0) -> Transition:
+    old = "notready" if new == "ready" else "ready"
+    return Transition(Subject.ENDPOINT, name, old, new, 0.0, after)
 
 
-def events_of(reports: list[Report]) -> list[tuple[str, str, str]]:
-    return [(e.type, e.reason, e.message) for r in reports for e in r.events]
+def reading(readings: Any, name: str) -> Callable[[], float | None]:
+    """The reading /metrics would show as `dynamo_sidecar_kube_<name>`."""
+    (found,) = [r for r in readings.readings() if r.name == f"dynamo_sidecar_kube_{name}"]
+    return found.read
 
 
-# -- transitions into reports ---------------------------------------------------------------
-
-
-def test_kube_describe_endpoint_ready_says_how_long_it_took() -> None:
-    state = HealthState(required=("generate",), starting=NOTREADY, started_at=100.0)
-    reports = report_after(state, lambda: state.set_endpoint("generate", READY, 141.2))
-    assert events_of(reports)[0] == (
-        "Normal",
-        "EndpointReady",
-        "Endpoint generate is ready after 41.2s",
-    )
-
-
-def test_kube_describe_endpoint_not_ready_is_a_warning_with_how_long_it_was_ready() -> None:
-    state = HealthState(required=(), starting=NOTREADY, started_at=0.0)
-    state.set_endpoint("generate", READY, 10.0)
-    state.set_endpoint("clear_kv_blocks", READY, 10.0)
-    reports = report_after(state, lambda: state.set_endpoint("generate", NOTREADY, 735.0))
-    assert events_of(reports)[0] == (
-        "Warning",
-        "EndpointNotReady",
-        "Endpoint generate is not ready any more, after 12m5s ready",
-    )
-
-
-def test_kube_describe_worker_ready_names_the_required_endpoints_and_the_lifes_age() -> None:
-    state = HealthState(required=("generate", "clear_kv_blocks"), starting=NOTREADY, started_at=0)
-    state.set_endpoint("clear_kv_blocks", READY, 3.0)
-    reports = report_after(state, lambda: state.set_endpoint("generate", READY, 3723.0))
-    message = (
-        "Worker life 1 is ready 1h2m3s after it began: required endpoints generate and "
-        "clear_kv_blocks are ready"
-    )
-    assert events_of(reports)[1] == ("Normal", "WorkerReady", message)
-    assert reports[1].condition == ConditionSpec(True, "WorkerReady", message)
-
-
-def test_kube_describe_worker_not_ready_names_the_endpoints_that_hold_it_back() -> None:
-    state = HealthState(required=("generate", "embed"), starting=READY, started_at=0.0)
-    reports = report_after(state, lambda: state.set_endpoint("embed", NOTREADY, 30.0))
-    message = (
-        "Worker life 1 is not ready any more, after 30.0s ready: required endpoint embed is not "
-        "ready"
-    )
-    assert events_of(reports) == [
-        ("Warning", "EndpointNotReady", "Endpoint embed is not ready any more, after 30.0s ready"),
-        ("Warning", "WorkerNotReady", message),
-    ]
-    assert reports[1].condition == ConditionSpec(False, "WorkerNotReady", message)
-
-
-def test_kube_describe_end_of_life_by_a_closed_session_is_worker_exited() -> None:
-    state = HealthState(required=("generate",), starting=NOTREADY, started_at=0.0)
-    session = state.open_session(1.0)
-    state.set_endpoint("generate", READY, 40.0)
-    reports = report_after(state, lambda: state.close_session(session, 3600.0))
-    assert events_of(reports) == [
-        (
-            "Warning",
-            "EndpointNotReady",
-            "Endpoint generate is not ready any more, after 59m20s ready",
-        ),
-        (
-            "Warning",
-            "WorkerExited",
-            "Worker life 1 ended after 1h0m0s: its session connection closed; the live path "
-            "fails until a new life begins",
-        ),
-    ]
-    # The worker's readiness falls with the life: no WorkerNotReady event, and the condition
-    # keeps the reason of the death.
-    conditions = [r.condition for r in reports if r.condition is not None]
-    assert conditions[-1] == ConditionSpec(
-        False, "WorkerExited", "Worker life 1 ended: its session connection closed"
-    )
-
-
-def test_kube_describe_end_of_life_by_a_process_exit_is_worker_exited() -> None:
-    state = HealthState(required=(), starting=NOTREADY, started_at=0.0)
-    state.process_started(4242, 1.0)
-    reports = report_after(state, lambda: state.process_exited(4242, 61.0))
-    assert events_of(reports) == [
-        (
-            "Warning",
-            "WorkerExited",
-            "Worker life 1 ended after 1m1s: its process 4242 exited; the live path fails "
-            "until a new life begins",
-        )
-    ]
-
-
-def test_kube_describe_end_of_life_by_silence_is_heartbeat_missed() -> None:
-    state = HealthState(required=(), starting=NOTREADY, started_at=0.0, heartbeat_timeout=30.0)
-    state.heartbeat(5.0)
-    reports = report_after(state, lambda: state.check_heartbeat(35.0))
-    assert events_of(reports) == [
-        (
-            "Warning",
-            "HeartbeatMissed",
-            "Worker life 1 ended after 35.0s: no heartbeat for 30s; the live path fails until "
-            "a new life begins",
-        )
-    ]
-    assert reports[0].condition == ConditionSpec(
-        False, "HeartbeatMissed", "Worker life 1 ended: no heartbeat for 30s"
-    )
-
-
-def test_kube_describe_end_of_life_by_a_silent_status_server_is_worker_unresponsive() -> None:
-    state = HealthState(required=(), starting=NOTREADY, started_at=0.0)
-    reason = "its status server did not answer 3 times"
-    reports = report_after(state, lambda: state.end_life(reason, EndCause.UNRESPONSIVE, 90.0))
-    assert events_of(reports)[0][:2] == ("Warning", "WorkerUnresponsive")
-    assert reports[0].condition == ConditionSpec(
-        False, "WorkerUnresponsive", f"Worker life 1 ended: {reason}"
-    )
-
-
-def test_kube_describe_endpoint_says_why_when_the_state_knows() -> None:
-    held = Transition(
-        Subject.ENDPOINT,
-        "generate",
-        "ready",
-        "notready",
-        0.0,
-        300.0,
-        "canary failed: no answer within 3s",
-    )
-    assert events_of([describe(held)]) == [
-        (
-            "Warning",
-            "EndpointNotReady",
-            "Endpoint generate is not ready any more, after 5m0s ready: canary failed: no "
-            "answer within 3s",
-        )
-    ]
-
-
-def test_kube_describe_a_new_life_is_worker_restarted_and_starting() -> None:
-    state = HealthState(required=("generate",), starting=NOTREADY, started_at=0.0)
-    state.end_life("its process 7 exited", EndCause.EXITED, 100.0)
-    reports = report_after(state, lambda: state.open_session(112.5))
-    assert events_of(reports) == [
-        ("Normal", "WorkerRestarted", "Worker life 2 began 12.5s after the previous life ended")
-    ]
-    assert reports[0].condition == ConditionSpec(
-        False,
-        "WorkerStarting",
-        "Worker life 2 began; not ready yet: required endpoint generate is not ready",
-    )
-
-
-def test_kube_describe_drain_is_draining_and_makes_the_condition_false() -> None:
-    state = HealthState(required=(), starting=READY, started_at=0.0)
-    reports = report_after(state, lambda: state.drain(10.0))
-    (report,) = reports
-    assert [(e.type, e.reason) for e in report.events] == [("Normal", "Draining")]
-    assert report.condition is not None
-    assert (report.condition.status, report.condition.reason) == (False, "Draining")
-
-
-def test_kube_describe_a_restored_life_is_state_restored_with_the_current_condition() -> None:
-    live = HealthState(required=("generate",), starting=NOTREADY, started_at=0.0)
-    live.set_endpoint("generate", READY, 20.0)
-    restarted = HealthState(required=("generate",), starting=NOTREADY, started_at=500.0)
-    reports = report_after(restarted, lambda: restarted.restore(live.save(), 500.0))
-    assert events_of(reports) == [
-        (
-            "Normal",
-            "StateRestored",
-            "Sidecar restarted and continues worker life 1 from its state file",
-        )
-    ]
-    assert reports[0].condition == ConditionSpec(
-        True, "WorkerReady", "Worker life 1 is ready: required endpoint generate is ready"
-    )
-
-
-def test_kube_describe_a_restored_ended_life_keeps_why_it_ended() -> None:
-    hung = HealthState(required=(), starting=NOTREADY, started_at=0.0)
-    hung.end_life("no heartbeat for 30s", EndCause.HEARTBEAT_MISSED, 40.0)
-    restarted = HealthState(required=(), starting=NOTREADY, started_at=500.0)
-    reports = report_after(restarted, lambda: restarted.restore(hung.save(), 500.0))
-    assert reports[0].condition == ConditionSpec(
-        False, "HeartbeatMissed", "Worker life 1 ended: no heartbeat for 30s"
-    )
-
-
-def test_kube_describe_an_end_of_life_is_named_by_its_cause_not_its_words() -> None:
-    state = HealthState(required=(), starting=NOTREADY, started_at=0.0)
-    words = "no heartbeat, said the status server, which did not answer"
-    reports = report_after(state, lambda: state.end_life(words, EndCause.EXITED, 9.0))
-    assert events_of(reports)[0][:2] == ("Warning", "WorkerExited")
-
-
-def test_kube_describe_gives_upper_camel_case_reasons_and_normal_or_warning_types() -> None:
-    state = HealthState(
-        required=("generate",), starting=NOTREADY, started_at=0.0, heartbeat_timeout=5
-    )
-    reports: list[Report] = []
-    state.subscribe(lambda t: reports.append(describe(t, state)))
-    session = state.open_session(1.0)
-    state.set_endpoint("generate", READY, 2.0)
-    state.set_endpoint("generate", NOTREADY, 3.0)
-    state.set_endpoint("generate", READY, 4.0)
-    state.close_session(session, 5.0)
-    state.heartbeat(6.0)
-    state.check_heartbeat(20.0)
-    state.process_started(9, 21.0)
-    state.process_exited(9, 22.0)
-    state.drain(23.0)
-    specs = [e for r in reports for e in r.events]
-    conditions = [r.condition for r in reports if r.condition is not None]
-    reasons = {e.reason for e in specs} | {c.reason for c in conditions}
-    assert reasons == {
-        "EndpointReady",
-        "EndpointNotReady",
-        "WorkerReady",
-        "WorkerNotReady",
-        "WorkerExited",
-        "WorkerRestarted",
-        "WorkerStarting",
-        "HeartbeatMissed",
-        "Draining",
-    }
-    assert all(UPPER_CAMEL.fullmatch(reason) for reason in reasons)
-    assert {e.type for e in specs} == {"Normal", "Warning"}
-    assert all(e.type == "Warning" for e in specs if "Not" in e.reason or "Exited" in e.reason)
-
-
-@pytest.mark.parametrize(
-    ("seconds", "shown"),
-    [
-        (0.04, "0.0s"),
-        (41.25, "41.2s"),
-        (59.9, "59.9s"),
-        (60, "1m0s"),
-        (725, "12m5s"),
-        (7384, "2h3m4s"),
-    ],
-)
-def test_kube_format_duration_reads_like_go(seconds: float, shown: str) -> None:
-    assert format_duration(seconds) == shown
-
-
-# -- the correlator ---------------------------------------------------------------------------
-
-
-def test_kube_correlator_counts_an_identical_event_on_the_first_one() -> None:
-    correlator = EventCorrelator(POD.name)
-    spec = EventSpec("Warning", "EndpointNotReady", "Endpoint generate is not ready any more")
-    first = correlator.correlate(spec, 0.0, EPOCH)
-    again = correlator.correlate(spec, 60.0, EPOCH + 60)
-    assert first is not None and again is not None
-    assert (first.count, again.count) == (1, 2)
-    assert again.name == first.name
-    assert again.is_repeat and not first.is_repeat
-    assert (again.first_timestamp, again.last_timestamp) == (EPOCH, EPOCH + 60)
-
-
-def test_kube_correlator_combines_similar_events_from_the_tenth_message() -> None:
-    correlator = EventCorrelator(POD.name)
-    results = [
-        correlator.correlate(
-            EventSpec("Normal", "EndpointReady", f"Endpoint e{n} is ready"), n, EPOCH + n
-        )
-        for n in range(11)
-    ]
-    assert all(r is not None for r in results)
-    names = [r.name for r in results if r is not None]
-    # client-go: the first nine distinct messages are events of their own; the tenth and
-    # after go into one combined event, counted.
-    assert len(set(names[:9])) == 9
-    assert names[9] == names[10] and names[9] not in names[:9]
-    combined = results[10]
-    assert combined is not None
-    assert combined.message == f"{COMBINED_PREFIX}Endpoint e10 is ready"
-    assert combined.count == 2
-
-
-def test_kube_correlator_starts_over_after_ten_quiet_minutes() -> None:
-    correlator = EventCorrelator(POD.name)
-    for n in range(9):
-        correlator.correlate(EventSpec("Normal", "EndpointReady", f"m{n}"), n, EPOCH)
-    late = correlator.correlate(EventSpec("Normal", "EndpointReady", "m9"), 8 + 600.5, EPOCH)
-    assert late is not None and late.message == "m9"
-
-
-def test_kube_correlator_lets_a_burst_of_25_through_then_one_every_five_minutes() -> None:
-    correlator = EventCorrelator(POD.name)
-    spec = EventSpec("Warning", "WorkerNotReady", "Worker is not ready")
-    sent = [correlator.correlate(spec, 0.0, EPOCH) is not None for _ in range(40)]
-    assert sent == [True] * 25 + [False] * 15
-    assert correlator.correlate(spec, 299.0, EPOCH) is None
-    assert correlator.correlate(spec, 300.5, EPOCH) is not None
-    assert correlator.correlate(spec, 301.0, EPOCH) is None
-    assert correlator.correlate(spec, 601.0, EPOCH) is not None
-
-
-def test_kube_correlator_keeps_counting_while_the_spam_filter_holds_events_back() -> None:
-    correlator = EventCorrelator(POD.name, burst=1)
-    spec = EventSpec("Warning", "WorkerNotReady", "Worker is not ready")
-    assert correlator.correlate(spec, 0.0, EPOCH) is not None
-    for _ in range(5):
-        assert correlator.correlate(spec, 1.0, EPOCH) is None
-    sent = correlator.correlate(spec, 301.0, EPOCH + 301)
-    assert sent is not None and sent.count == 7
+def metric(readings: Any, name: str) -> float | None:
+    return reading(readings, name)()
 
 
 # -- retries ------------------------------------------------------------------------------------
@@ -447,25 +157,91 @@ class MemoryApi:
         return [call for call, _ in self.calls]
 
 
-def memory_reporter(api: MemoryApi, **options: Any) -> tuple[KubeReporter, Clock]:
-    clock = Clock(100.0)
-    options.setdefault("rand", lambda: 0.5)
-    reporter = KubeReporter(
-        POD, api, CONDITION, clock=lambda: EPOCH + clock.now, monotonic=clock, **options
-    )
-    return reporter, clock
+class Memory:
+    """The reporting's parts on an API in memory, as `KubeReporting` wires them, driven by
+    hand: the recorder as the event loop runs it, the sender one report at a time on a fake
+    clock. The counters are read as /metrics reads them."""
+
+    def __init__(
+        self,
+        api: MemoryApi,
+        *,
+        queue_size: int = QUEUE_SIZE,
+        correlator: EventCorrelator | None = None,
+        backoff: Backoff = DEFAULT_BACKOFF,
+    ) -> None:
+        self.clock = Clock(100.0)
+        self.outbox = Outbox(queue_size)
+        self.sender = Sender(
+            self.outbox,
+            POD,
+            api,
+            CONDITION,
+            self.clock,
+            backoff=backoff,
+            rand=lambda: 0.5,
+            correlator=correlator,
+        )
+        # Transitions handed in directly, as if a state had published them.
+        self.recorder = Recorder(
+            HealthState(required=(), starting=NOTREADY, started_at=0.0), self.outbox, self.wall
+        )
+
+    def wall(self) -> float:
+        return EPOCH + self.clock.now
+
+    def attach(self, state: HealthState) -> None:
+        self.recorder = Recorder(state, self.outbox, self.wall)
+        self.recorder.attach()
+
+    def on_transition(self, transition: Transition) -> None:
+        self.recorder.on_transition(transition)
+
+    def step(self) -> float | None:
+        return self.sender.step()
+
+    def readings(self) -> Any:
+        return kube_readings(self.outbox, self.sender)
+
+    @property
+    def events_created(self) -> float | None:
+        return metric(self, "events_created")
+
+    @property
+    def events_updated(self) -> float | None:
+        return metric(self, "events_updated")
+
+    @property
+    def condition_patches(self) -> float | None:
+        return metric(self, "condition_patches")
+
+    @property
+    def failures(self) -> float | None:
+        return metric(self, "failures")
+
+    @property
+    def dropped(self) -> float | None:
+        return metric(self, "dropped")
+
+    @property
+    def abandoned(self) -> float | None:
+        return metric(self, "abandoned_events")
+
+    @property
+    def queue_length(self) -> float | None:
+        return metric(self, "queue_length")
 
 
-def run_steps(reporter: KubeReporter, limit: int = 100) -> None:
+def memory_reporter(api: MemoryApi, **options: Any) -> tuple[Memory, Clock]:
+    reporter = Memory(api, **options)
+    return reporter, reporter.clock
+
+
+def run_steps(reporter: Memory, limit: int = 100) -> None:
     for _ in range(limit):
         if reporter.step() is None:
             return
     raise AssertionError("the reporter kept working")
-
-
-def endpoint(name: str, new: str = "ready", after: float = 1.0) -> Transition:
-    old = "notready" if new == "ready" else "ready"
-    return Transition(Subject.ENDPOINT, name, old, new, 0.0, after)
 
 
 def test_kube_reporter_sends_an_event_with_the_pod_as_involved_object() -> None:
@@ -728,13 +504,153 @@ def test_kube_reporter_retries_a_condition_until_it_is_sent() -> None:
     assert (reporter.condition_patches, reporter.failures) == (1, 8)
 
 
+class Unreadable(HealthState):
+    """A state whose snapshot cannot be taken: describing a worker transition fails."""
+
+    def snapshot(self) -> Snapshot:
+        raise RuntimeError("a state describe cannot read")
+
+
 def test_kube_reporter_on_transition_never_raises(caplog: pytest.LogCaptureFixture) -> None:
-    reporter, _ = memory_reporter(MemoryApi())
-    reporter._state = object()  # type: ignore[assignment]  # a state describe cannot read
+    state = Unreadable(required=(), starting=NOTREADY, started_at=0.0)
+    reporter = Recorder(state, Outbox(), time.time)
     worker = Transition(Subject.WORKER, "worker", "notready", "ready", 0.0, 1.0)
     reporter.on_transition(worker)
     reporter.on_transition(worker)
     assert [r.levelname for r in caplog.records] == ["ERROR"]
+
+
+def test_kube_sender_measures_the_spam_filter_on_its_own_clock() -> None:
+    api = MemoryApi()
+    reporter, clock = memory_reporter(api, correlator=EventCorrelator(POD.name, burst=1))
+    reporter.on_transition(endpoint("generate"))
+    run_steps(reporter)
+    reporter.on_transition(endpoint("generate"))  # no token left now...
+    clock.advance(300.0)  # ...but one by the time the sender takes it
+    run_steps(reporter)
+    assert api.names() == ["create_event", "patch_event"]
+    assert metric(reporter, "filtered_events") == 0
+
+
+def test_kube_sender_counts_what_the_spam_filter_holds_back() -> None:
+    api = MemoryApi()
+    reporter, _ = memory_reporter(api, correlator=EventCorrelator(POD.name, burst=2))
+    for n in range(5):
+        reporter.on_transition(endpoint(f"e{n}"))
+    run_steps(reporter)
+    assert api.names() == ["create_event"] * 2
+    assert (metric(reporter, "filtered_events"), reporter.queue_length) == (3, 0)
+
+
+def memory_reporting(
+    api: MemoryApi, state: HealthState, **options: Any
+) -> tuple[KubeReporting, Clock]:
+    clock = Clock(100.0)
+    reporting = KubeReporting(
+        POD, api, CONDITION, state, clock, wall_clock=lambda: EPOCH + clock.now, **options
+    )
+    return reporting, clock
+
+
+def test_kube_reporting_readings_are_the_metrics_of_protocol_section_3_7() -> None:
+    reporting, _ = memory_reporting(MemoryApi(), fresh_state())
+    assert [(r.kind, r.name, r.documentation) for r in reporting.readings()] == [
+        (Kind.COUNTER, "dynamo_sidecar_kube_events_created", "Events created on the pod."),
+        (
+            Kind.COUNTER,
+            "dynamo_sidecar_kube_events_updated",
+            "Events whose count was raised instead of another.",
+        ),
+        (Kind.COUNTER, "dynamo_sidecar_kube_condition_patches", "Patches of the pod condition."),
+        (Kind.COUNTER, "dynamo_sidecar_kube_failures", "Calls to the API server that failed."),
+        (
+            Kind.COUNTER,
+            "dynamo_sidecar_kube_dropped",
+            "Reports dropped because the queue was full (oldest first).",
+        ),
+        (
+            Kind.COUNTER,
+            "dynamo_sidecar_kube_filtered_events",
+            "Events held back by the spam filter, as the kubelet's.",
+        ),
+        (
+            Kind.COUNTER,
+            "dynamo_sidecar_kube_abandoned_events",
+            "Events given up after their retries.",
+        ),
+        (
+            Kind.GAUGE,
+            "dynamo_sidecar_kube_queue_length",
+            "Reports waiting to be sent to the API server.",
+        ),
+    ]
+    assert [r.read() for r in reporting.readings()] == [0] * 8
+
+
+def test_kube_reporting_started_before_a_restore_reports_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    live = HealthState(required=("generate",), starting=NOTREADY, started_at=0.0)
+    live.set_endpoint("generate", READY, 20.0)
+    api = MemoryApi()
+    restarted = HealthState(required=("generate",), starting=NOTREADY, started_at=500.0)
+    reporting, _ = memory_reporting(api, restarted)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        reporting.start()
+    restarted.restore(live.save(), 500.0)
+    assert close(reporting)
+    assert caplog.messages == [
+        f"reporting to Kubernetes: events on pod {NAMESPACE}/{POD.name} and its condition "
+        f"{CONDITION}"
+    ]
+    events = [body["reason"] for call, body in api.calls if call == "create_event"]
+    assert events == ["StateRestored"]
+    patches = [p["status"]["conditions"][0] for call, p in api.calls if call == "patch_pod_status"]
+    assert patches[-1]["reason"] == "WorkerReady"
+
+
+def test_kube_reporting_close_returns_once_flushed_without_waiting_out_its_time() -> None:
+    api = MemoryApi()
+    state = Announcing(required=(), starting=READY, started_at=0.0)
+    reporting, _ = memory_reporting(api, state, flush_seconds=30.0)
+    reporting.start()
+    state.announce(endpoint("generate"))
+    start = time.monotonic()
+    assert close(reporting)
+    assert time.monotonic() - start < 1.0
+    assert sorted(api.names()) == ["create_event", "patch_pod_status", "read_pod_status"]
+
+
+class HangingApi(MemoryApi):
+    """Every call hangs until `release`: a call in flight that no timeout cuts short."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
+    def _enter(self, call: str, payload: Any) -> None:
+        super()._enter(call, payload)
+        self.released.wait(10.0)
+
+
+def test_kube_reporting_close_stops_waiting_at_its_time_with_a_call_in_flight(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    api = HangingApi()
+    state = Announcing(required=(), starting=READY, started_at=0.0)
+    reporting = KubeReporting(POD, api, CONDITION, state, time.monotonic, flush_seconds=0.3)
+    reporting.start()
+    assert wait_for(lambda: api.names() == ["read_pod_status"])
+    state.announce(endpoint("generate"))
+    state.announce(endpoint("embed"))
+    start = time.monotonic()
+    try:
+        asyncio.run(reporting.close())
+    finally:
+        api.released.set()
+    assert 0.2 < time.monotonic() - start < 0.6
+    # The condition in flight, and both events.
+    assert caplog.messages[-1] == "3 report(s) to the Kubernetes API were not sent before exit"
 
 
 # -- against the fake API server, with the official client -----------------------------------
@@ -780,22 +696,61 @@ def chart_pod(objs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def fresh_state() -> HealthState:
+    return HealthState(required=(), starting=READY, started_at=0.0)
+
+
 @dataclass
 class Cluster:
     fake: FakeKubeApi
     service_account_dir: Path
     environ: dict[str, str]
-    reporters: list[KubeReporter]
+    reporters: list[KubeReporting]
 
-    def reporter(self, api_url: str | None = "", **options: Any) -> KubeReporter:
+    def reporter(
+        self, state: HealthState | None = None, api_url: str | None = "", **options: Any
+    ) -> KubeReporting:
+        """The adapter as `serve` builds it, on the real clock, flushing for 5 s by default."""
         found = find_in_cluster(
             self.environ, self.service_account_dir, self.fake.url if api_url == "" else api_url
         )
         assert found.complete, found.missing
         assert found.pod is not None
-        reporter = KubeReporter(found.pod, official_api(found), CONDITION, **options)
+        options.setdefault("flush_seconds", 5.0)
+        reporter = KubeReporting(
+            found.pod,
+            official_api(found),
+            CONDITION,
+            state or fresh_state(),
+            time.monotonic,
+            **options,
+        )
         self.reporters.append(reporter)
         return reporter
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def aclose(reporter: KubeReporting) -> bool:
+    """Close it as `serve` does; whether every report was sent, as its warning says."""
+    records = Records()
+    logging.getLogger(LOGGER).addHandler(records)
+    try:
+        await reporter.close()
+    finally:
+        logging.getLogger(LOGGER).removeHandler(records)
+    return not any(NOT_SENT in r.getMessage() for r in records.records)
+
+
+def close(reporter: KubeReporting) -> bool:
+    return asyncio.run(aclose(reporter))
 
 
 @pytest.fixture
@@ -813,11 +768,26 @@ def cluster(tmp_path: Path, chart_objects: list[dict[str, Any]]) -> Iterator[Clu
     with fake:
         yield made
         for reporter in made.reporters:
-            reporter.close(0.0)
+            close(reporter)  # at once when the test closed it already
 
 
-def settle(reporter: KubeReporter) -> None:
-    assert wait_for(lambda: reporter.idle, timeout=10.0), "the reporter did not settle"
+def settle(check: Callable[[], bool]) -> None:
+    """Wait until the fake API (or the metrics) show that the reports sent so far arrived."""
+    assert wait_for(check, timeout=10.0), "the reporter did not settle"
+
+
+def arrived(fake: FakeKubeApi, conditions: int, events: int) -> Callable[[], bool]:
+    """The condition has taken `conditions` values, and `events` Events exist."""
+    return lambda: len(fake.history(CONDITION)) == conditions and len(fake.events) == events
+
+
+def counted(fake: FakeKubeApi, total: int) -> Callable[[], bool]:
+    """The Events' counts add up to `total` occurrences."""
+    return lambda: sum(e["count"] for e in fake.sorted_events()) == total
+
+
+def calls(fake: FakeKubeApi, method: str, suffix: str) -> list[Any]:
+    return [r for r in fake.requests if r.method == method and r.path.endswith(suffix)]
 
 
 def test_kube_the_fake_api_server_takes_the_chart_pod_as_valid(cluster: Cluster) -> None:
@@ -828,30 +798,29 @@ def test_kube_the_fake_api_server_takes_the_chart_pod_as_valid(cluster: Cluster)
 
 def test_kube_worker_that_loads_serves_dies_and_returns_leaves_a_trail(cluster: Cluster) -> None:
     wall = Clock(EPOCH)
-    reporter = cluster.reporter(clock=wall)
     t0 = 1000.0
     state = HealthState(required=("generate",), starting=NOTREADY, started_at=t0)
-    reporter.attach(state)
+    reporter = cluster.reporter(state, wall_clock=wall)
+    fake = cluster.fake
     reporter.start()
-    settle(reporter)
+    settle(arrived(fake, conditions=1, events=0))
     wall.advance(41.2)
     session = state.open_session(t0 + 0.5, pid=4242)
     state.set_endpoint("generate", READY, t0 + 41.2)
-    settle(reporter)
+    settle(arrived(fake, conditions=2, events=2))
     wall.advance(3600 - 41.2)
     state.close_session(session, t0 + 3600.0)
-    settle(reporter)
+    settle(arrived(fake, conditions=3, events=4))
     wall.advance(12.0)
     state.open_session(t0 + 3612.0, pid=4343)
-    settle(reporter)
+    settle(arrived(fake, conditions=4, events=5))
     wall.advance(38.0)
     state.set_endpoint("generate", READY, t0 + 3650.0)
-    settle(reporter)
+    settle(arrived(fake, conditions=5, events=7))
     wall.advance(7200.0)
     state.drain(t0 + 10850.0)
-    assert reporter.close(5.0)
+    assert close(reporter)
 
-    fake = cluster.fake
     assert fake.violations == []
     assert [(r.method, r.status) for r in fake.requests if r.status >= 300] == []
     events = fake.sorted_events()
@@ -925,17 +894,17 @@ def test_kube_worker_that_loads_serves_dies_and_returns_leaves_a_trail(cluster: 
 def test_kube_an_identical_event_raises_the_count_of_the_one_already_there(
     cluster: Cluster,
 ) -> None:
-    reporter = cluster.reporter()
     state = HealthState(required=("generate",), starting=NOTREADY, started_at=0.0)
-    reporter.attach(state)
+    reporter = cluster.reporter(state)
+    fake = cluster.fake
     reporter.start()
     for n in range(4):
+        # Each change is two events: the endpoint's and the worker's.
         state.set_endpoint("generate", READY, 10.0 * n + 5.0)
-        settle(reporter)
+        settle(counted(fake, 4 * n + 2))
         state.set_endpoint("generate", NOTREADY, 10.0 * n + 10.0)
-        settle(reporter)
-    assert reporter.close(5.0)
-    fake = cluster.fake
+        settle(counted(fake, 4 * n + 4))
+    assert close(reporter)
     assert fake.violations == []
     counts = {(e["reason"], e["message"]): e["count"] for e in fake.sorted_events()}
     assert counts[("EndpointReady", "Endpoint generate is ready after 5.0s")] == 4
@@ -950,37 +919,39 @@ def test_kube_an_identical_event_raises_the_count_of_the_one_already_there(
 
 
 def test_kube_an_event_deleted_meanwhile_is_created_again(cluster: Cluster) -> None:
-    reporter = cluster.reporter()
+    state = Announcing(required=(), starting=READY, started_at=0.0)
+    reporter = cluster.reporter(state)
+    fake = cluster.fake
     reporter.start()
-    reporter.on_transition(endpoint("generate"))
-    settle(reporter)
+    settle(lambda: len(fake.requests) == 2)  # the condition's GET and PATCH
+    before = len(fake.requests)
+    state.announce(endpoint("generate"))
+    settle(lambda: len(fake.events) == 1)
     (name,) = cluster.fake.events
     del cluster.fake.events[name]  # expired (the API server keeps Events for an hour)
-    reporter.on_transition(endpoint("generate"))
-    settle(reporter)
-    fake = cluster.fake
-    assert [(r.method, r.status) for r in fake.requests] == [
+    state.announce(endpoint("generate"))
+    settle(lambda: metric(reporter, "events_created") == 2)
+    assert [(r.method, r.status) for r in fake.requests[before:]] == [
         ("POST", 201),
         ("PATCH", 404),
         ("POST", 201),
     ]
     assert fake.events[name]["count"] == 2
     assert fake.violations == []
-    assert (reporter.events_created, reporter.failures) == (2, 0)
+    assert (metric(reporter, "events_created"), metric(reporter, "failures")) == (2, 0)
 
 
 def test_kube_reports_that_waited_for_an_api_that_was_down_get_through(
     cluster: Cluster,
 ) -> None:
     cluster.fake.mode = "down"
-    reporter = cluster.reporter(backoff=Backoff(base=0.05, cap=0.1))
-    state = HealthState(required=(), starting=READY, started_at=0.0)
-    reporter.attach(state)
-    reporter.on_transition(endpoint("generate"))
+    state = Announcing(required=(), starting=READY, started_at=0.0)
+    reporter = cluster.reporter(state, backoff=Backoff(base=0.05, cap=0.1))
     reporter.start()
-    assert wait_for(lambda: reporter.failures >= 3)
+    state.announce(endpoint("generate"))
+    assert wait_for(lambda: (metric(reporter, "failures") or 0) >= 3)
     cluster.fake.mode = "normal"
-    settle(reporter)
+    settle(arrived(cluster.fake, conditions=1, events=1))
     assert cluster.fake.condition(CONDITION) is not None
     assert [e["reason"] for e in cluster.fake.sorted_events()] == ["EndpointReady"]
     assert {r.status for r in cluster.fake.requests} <= {200, 201, 503}
@@ -992,29 +963,26 @@ def test_kube_a_role_without_patch_on_pod_status_gets_403_counted_and_logged_onc
     rules = cluster.fake.rules("Role", "rel-dynamo-health-sidecar")
     (status_rule,) = [r for r in rules if r["resources"] == ["pods/status"]]
     status_rule["verbs"] = ["get"]
-    reporter = cluster.reporter()
     state = HealthState(required=("generate",), starting=NOTREADY, started_at=0.0)
-    with caplog.at_level(logging.INFO, logger="dynamo_health_sidecar"):
-        reporter.attach(state)
-        reporter.start()
-        settle(reporter)
-        state.set_endpoint("generate", READY, 1.0)
-        settle(reporter)
-        state.set_endpoint("generate", NOTREADY, 2.0)
-        settle(reporter)
-        time.sleep(0.3)  # nothing is retried behind our back
+    reporter = cluster.reporter(state)
     fake = cluster.fake
-    status_patches = [
-        r for r in fake.requests if r.method == "PATCH" and r.path.endswith("/status")
-    ]
+    with caplog.at_level(logging.INFO, logger="dynamo_health_sidecar"):
+        reporter.start()
+        settle(lambda: len(calls(fake, "PATCH", "/status")) == 1)
+        state.set_endpoint("generate", READY, 1.0)
+        settle(lambda: (len(calls(fake, "PATCH", "/status")), len(fake.events)) == (2, 2))
+        state.set_endpoint("generate", NOTREADY, 2.0)
+        settle(lambda: (metric(reporter, "failures"), metric(reporter, "events_created")) == (3, 4))
+        time.sleep(0.3)  # nothing is retried behind our back
+    status_patches = calls(fake, "PATCH", "/status")
     assert [r.status for r in status_patches] == [403, 403, 403]
     assert status_patches[0].problem == (
         f'pods "{POD.name}" is forbidden: User "system:serviceaccount:{NAMESPACE}:'
         f'rel-dynamo-health-sidecar" cannot patch resource "pods/status" in API group "" in the '
         f'namespace "{NAMESPACE}"'
     )
-    assert (reporter.failures, reporter.condition_patches) == (3, 0)
-    assert reporter.events_created == 4  # events still get through
+    assert (metric(reporter, "failures"), metric(reporter, "condition_patches")) == (3, 0)
+    assert metric(reporter, "events_created") == 4  # events still get through
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
     assert warnings[0].startswith(f"cannot set the condition {CONDITION} of pod ")
@@ -1024,15 +992,14 @@ def test_kube_a_role_without_patch_on_pod_status_gets_403_counted_and_logged_onc
 
 def test_kube_an_api_that_forbids_everything_gets_each_report_once(cluster: Cluster) -> None:
     cluster.fake.mode = "forbidden"
-    reporter = cluster.reporter()
     state = HealthState(required=("generate",), starting=NOTREADY, started_at=0.0)
-    reporter.attach(state)
-    reporter.start()
-    settle(reporter)
-    state.set_endpoint("generate", READY, 1.0)
-    settle(reporter)
-    time.sleep(0.2)
+    reporter = cluster.reporter(state)
     fake = cluster.fake
+    reporter.start()
+    settle(lambda: metric(reporter, "failures") == 1)  # the GET, then the condition's PATCH
+    state.set_endpoint("generate", READY, 1.0)
+    settle(lambda: metric(reporter, "failures") == 4)
+    time.sleep(0.2)
     # The GET of the pod's status, then one try for each report: two conditions, two events.
     assert sorted((r.method, r.status) for r in fake.requests) == [
         ("GET", 403),
@@ -1041,7 +1008,7 @@ def test_kube_an_api_that_forbids_everything_gets_each_report_once(cluster: Clus
         ("POST", 403),
         ("POST", 403),
     ]
-    assert (reporter.failures, reporter.queue_length) == (4, 0)
+    assert (metric(reporter, "failures"), metric(reporter, "queue_length")) == (4, 0)
     assert fake.violations == []
 
 
@@ -1049,14 +1016,18 @@ def test_kube_a_rotated_token_is_read_again(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(kube_api._OfficialApi, "TOKEN_REFRESH_SECONDS", 0.0)
-    reporter = cluster.reporter()
+    state = Announcing(required=(), starting=READY, started_at=0.0)
+    reporter = cluster.reporter(state)
+    fake = cluster.fake
     reporter.start()
-    reporter.on_transition(endpoint("generate"))
-    settle(reporter)
+    settle(lambda: len(fake.requests) == 2)  # the condition's GET and PATCH
+    before = len(fake.requests)
+    state.announce(endpoint("generate"))
+    settle(lambda: len(fake.events) == 1)
     (cluster.service_account_dir / "token").write_text("rotated-token")
-    reporter.on_transition(endpoint("embed"))
-    settle(reporter)
-    assert [r.status for r in cluster.fake.requests] == [201, 201]
+    state.announce(endpoint("embed"))
+    settle(lambda: len(fake.events) == 2)
+    assert [r.status for r in cluster.fake.requests[before:]] == [201, 201]
 
 
 def test_kube_talks_https_to_the_service_address_with_the_service_account_ca(
@@ -1085,11 +1056,13 @@ def test_kube_talks_https_to_the_service_address_with_the_service_account_ca(
         found = find_in_cluster(environ, directory)
         assert found.complete and found.api_url == fake.url.replace("http:", "https:")
         assert found.pod is not None
-        reporter = KubeReporter(found.pod, official_api(found), CONDITION)
-        reporter.attach(HealthState(required=(), starting=READY, started_at=0.0))
-        reporter.on_transition(endpoint("generate"))
+        state = Announcing(required=(), starting=READY, started_at=0.0)
+        reporter = KubeReporting(
+            found.pod, official_api(found), CONDITION, state, time.monotonic, flush_seconds=5.0
+        )
         reporter.start()
-        assert reporter.close(5.0)
+        state.announce(endpoint("generate"))
+        assert close(reporter)
     assert fake.violations == []
     assert [(r.method, r.status) for r in fake.requests] == [
         ("GET", 200),
@@ -1127,11 +1100,15 @@ def percentile(ordered: list[float], fraction: float) -> float:
     return ordered[min(int(len(ordered) * fraction), len(ordered) - 1)]
 
 
-def stuffed_reporter(cluster: Cluster, queue_size: int) -> KubeReporter:
+def stuffed_reporter(
+    cluster: Cluster, state: HealthState, queue_size: int, flush_seconds: float
+) -> KubeReporting:
     """A reporter with a spam filter that lets everything through, so that the queue itself is
     what holds memory back."""
     correlator = EventCorrelator(POD.name, burst=1_000_000, max_similar=1_000_000)
     return cluster.reporter(
+        state,
+        flush_seconds=flush_seconds,
         queue_size=queue_size,
         correlator=correlator,
         backoff=Backoff(base=0.05, cap=0.2),
@@ -1150,13 +1127,14 @@ def test_kube_on_transition_returns_in_microseconds_while_the_api_is_slow_or_dow
     then shows outliers of several ms), under 1 ms at p95 and never 100 ms: a call that waited
     for the slow API, or for a lock held during a call to it, would take 2 s."""
     _server, cluster = remote(mode)
-    reporter = stuffed_reporter(cluster, queue_size=16)
-    state = HealthState(required=(), starting=NOTREADY, started_at=0.0)
-    reporter.attach(state)
+    state = Announcing(required=(), starting=NOTREADY, started_at=0.0)
+    reporter = stuffed_reporter(cluster, state, queue_size=16, flush_seconds=0.2)
     reporter.start()
+    (on_transition,) = state.heard  # what the state calls with each transition
+    queue_length = reading(reporter, "queue_length")
     cpu: list[float] = []
     wall: list[float] = []
-    lengths: list[int] = []
+    lengths: list[float | None] = []
     gc.collect()
     gc.disable()
     try:
@@ -1166,10 +1144,10 @@ def test_kube_on_transition_returns_in_microseconds_while_the_api_is_slow_or_dow
             n += 1
             transition = endpoint(f"e{n}", "ready" if n % 2 else "notready", n * 0.1)
             start, start_cpu = time.perf_counter(), time.thread_time()
-            reporter.on_transition(transition)
+            on_transition(transition)
             wall.append(time.perf_counter() - start)
             cpu.append(time.thread_time() - start_cpu)
-            lengths.append(reporter.queue_length)
+            lengths.append(queue_length())
             time.sleep(0.0005)
     finally:
         gc.enable()
@@ -1182,11 +1160,15 @@ def test_kube_on_transition_returns_in_microseconds_while_the_api_is_slow_or_dow
     assert percentile(cpu, 0.99) < 0.001, f"CPU time p99: {percentile(cpu, 0.99) * 1e3:.2f} ms"
     assert cpu[-1] < 0.010, f"most CPU time in one call: {cpu[-1] * 1e3:.2f} ms"
     assert p99 < 0.001 or (p95 < 0.001 and wall[-1] < 0.100), shown
-    assert max(lengths) <= 16 + 1  # the events, and the condition
-    assert reporter.events_created == 0
-    assert reporter.dropped >= len(wall) - 16 - 1 - reporter.failures - reporter.abandoned
+    assert max(length or 0 for length in lengths) <= 16 + 1  # the events, and the condition
+    failures, abandoned = (
+        metric(reporter, "failures") or 0,
+        metric(reporter, "abandoned_events") or 0,
+    )
+    assert metric(reporter, "events_created") == 0
+    assert (metric(reporter, "dropped") or 0) >= len(wall) - 16 - 1 - failures - abandoned
     closing = time.monotonic()
-    assert not reporter.close(0.2)
+    assert not close(reporter)
     assert time.monotonic() - closing < 0.5
 
 
@@ -1200,11 +1182,10 @@ def test_kube_event_loop_stays_responsive_while_the_api_is_slow_or_down(
     slices decide the tail (the loop alone then shows the same), by less than 5 ms at p95 and
     never by half a second: a reporter that waited for the slow API would be 2 s late."""
     _server, cluster = remote(mode)
-    reporter = stuffed_reporter(cluster, queue_size=8)
     state = HealthState(required=("generate",), starting=NOTREADY, started_at=0.0)
+    reporter = stuffed_reporter(cluster, state, queue_size=8, flush_seconds=0.1)
 
     async def main() -> list[float]:
-        reporter.attach(state)
         reporter.start()
         lateness: list[float] = []
         done = asyncio.Event()
@@ -1227,7 +1208,7 @@ def test_kube_event_loop_stays_responsive_while_the_api_is_slow_or_down(
             done.set()
 
         await asyncio.gather(ticker(), worker())
-        await reporter.aclose(0.1)
+        await reporter.close()
         return lateness
 
     lateness = sorted(asyncio.run(main()))
@@ -1235,22 +1216,21 @@ def test_kube_event_loop_stays_responsive_while_the_api_is_slow_or_down(
     shown = f"loop lateness p95 {p95 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms"
     shown += f", max {lateness[-1] * 1e3:.2f} ms"
     assert p99 < 0.005 or (p95 < 0.005 and lateness[-1] < 0.5), shown
-    assert reporter.queue_length <= 8 + 1
-    assert reporter.dropped > 0
+    assert (metric(reporter, "queue_length") or 0) <= 8 + 1
+    assert (metric(reporter, "dropped") or 0) > 0
 
 
 def test_kube_aclose_sends_the_last_draining_event_when_the_api_answers_in_time(
     cluster: Cluster,
 ) -> None:
     cluster.fake.mode, cluster.fake.delay = "slow", 0.2
-    reporter = cluster.reporter()
     state = HealthState(required=(), starting=READY, started_at=0.0)
+    reporter = cluster.reporter(state, flush_seconds=3.0)
 
     async def main() -> bool:
-        reporter.attach(state)
         reporter.start()
         state.drain(1.0)
-        return await reporter.aclose(3.0)
+        return await aclose(reporter)
 
     assert asyncio.run(main())
     assert [e["reason"] for e in cluster.fake.sorted_events()] == ["Draining"]
@@ -1260,15 +1240,14 @@ def test_kube_aclose_sends_the_last_draining_event_when_the_api_answers_in_time(
 
 def test_kube_aclose_gives_up_at_its_deadline_when_the_api_is_down(cluster: Cluster) -> None:
     cluster.fake.refuse()
-    reporter = cluster.reporter()
     state = HealthState(required=(), starting=READY, started_at=0.0)
+    reporter = cluster.reporter(state, flush_seconds=0.5)
 
     async def main() -> tuple[bool, float]:
-        reporter.attach(state)
         reporter.start()
         state.drain(1.0)
         start = time.monotonic()
-        flushed = await reporter.aclose(0.5)
+        flushed = await aclose(reporter)
         return flushed, time.monotonic() - start
 
     flushed, took = asyncio.run(main())

@@ -1,19 +1,24 @@
-"""The API as the reporter needs it: four calls behind a protocol, and the adapter that makes
-them with the official `kubernetes` client, imported only when reporting is on."""
+"""The API as the sender needs it: four calls behind a protocol, and the adapter that makes
+them with the official `kubernetes` client, imported only when reporting is on, so that a
+sidecar without it costs nothing more than the standard library (docs/protocol.md section 7.5).
+
+Events are core/v1 (`create_namespaced_event`, `patch_namespaced_event`), as the kubelet's
+own recorder writes them: `kubectl describe pod` lists them beside the kubelet's ("Liveness
+probe failed ... 503") with the same `count`, `firstTimestamp` and `lastTimestamp` that make
+its "3m (x4 over 20m)"; events.k8s.io/v1 would store the same objects but count in
+`series`, need `eventTime`, and an RBAC rule on another API group.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from sidecar.kube.discovery import InCluster
-
-logger = logging.getLogger("dynamo_health_sidecar")
 
 COMPONENT = "dynamo-health-sidecar"
 CONNECT_TIMEOUT = 2.0
@@ -38,7 +43,7 @@ class KubeApiError(Exception):
 
 
 class KubeApi(Protocol):
-    """The four calls the reporter makes. Each raises `KubeApiError` when it fails."""
+    """The four calls the sender makes. Each raises `KubeApiError` when it fails."""
 
     def create_event(self, namespace: str, body: Mapping[str, Any], timeout: float) -> None: ...
 
@@ -53,11 +58,16 @@ class KubeApi(Protocol):
     ) -> None: ...
 
 
-def official_api(found: InCluster, user_agent: str = COMPONENT) -> KubeApi:
-    """The calls, made by the official `kubernetes` client (imported here, and only here)."""
+def official_api(
+    found: InCluster,
+    clock: Callable[[], float] = time.monotonic,
+    user_agent: str = COMPONENT,
+) -> KubeApi:
+    """The calls, made by the official `kubernetes` client (imported here, and only here);
+    `clock` times the token's re-reading."""
     if found.api_url is None:
         raise ValueError(f"no API server to talk to: {found.describe_missing()}")
-    return _OfficialApi(found.api_url, found.token_path, found.ca_path, user_agent)
+    return _OfficialApi(found.api_url, found.token_path, found.ca_path, user_agent, clock)
 
 
 class _OfficialApi:
@@ -66,7 +76,14 @@ class _OfficialApi:
 
     TOKEN_REFRESH_SECONDS = 60.0
 
-    def __init__(self, api_url: str, token_path: Path, ca_path: Path, user_agent: str) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        token_path: Path,
+        ca_path: Path,
+        user_agent: str,
+        clock: Callable[[], float],
+    ) -> None:
         import urllib3
         from kubernetes import client  # type: ignore[import-untyped]
 
@@ -81,6 +98,7 @@ class _OfficialApi:
         # only when the key exists; the hook fills it in before every call.
         configuration.api_key["authorization"] = ""
         self._token_path = token_path
+        self._clock = clock
         self._token = ""
         self._token_read_at = -self.TOKEN_REFRESH_SECONDS
         configuration.refresh_api_key_hook = self._refresh_token
@@ -94,7 +112,7 @@ class _OfficialApi:
         )
 
     def _refresh_token(self, configuration: Any) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if now - self._token_read_at >= self.TOKEN_REFRESH_SECONDS or not self._token:
             try:
                 self._token = self._token_path.read_text().strip()

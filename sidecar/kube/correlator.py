@@ -1,16 +1,22 @@
 """Repeated events, correlated as client-go's `EventCorrelator` does for the kubelet
-(`tools/record/events_cache.go`), pure: the clocks are passed in."""
+(`tools/record/events_cache.go`; docs/protocol.md sections 7.4 and 7.5), pure: the times are
+passed in.
+
+An identical event raises `count` and `lastTimestamp` of the Event already there instead of
+creating another; from the 10th distinct message of one reason and type within 10 minutes of
+each other, they go into one "(combined from similar events): ..." Event; and one pod gets a
+burst of 25 events, then one every 5 minutes (a token bucket). Like the kubelet's, the counts
+go on rising while the spam filter holds events back, so the next one sent carries the true
+count.
+"""
 
 from __future__ import annotations
 
 import collections
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 from sidecar.kube.reports import EventSpec
-
-logger = logging.getLogger("dynamo_health_sidecar")
 
 # client-go's EventCorrelator defaults (tools/record/events_cache.go).
 LRU_CACHE_ENTRIES = 4096
@@ -76,7 +82,9 @@ class EventCorrelator:
 
     Every event here is about one object (the pod) from one source, so the keys of client-go
     reduce to (type, reason, message) and (type, reason); the spam filter is one bucket.
-    `now` (monotonic) measures intervals; `wall` stamps the Event and names it.
+    `now` (the sender's clock, as client-go's correlator reads its clock in the goroutine that
+    writes to the API) measures intervals; `wall` (when the event happened) stamps the Event
+    and names it.
     """
 
     def __init__(

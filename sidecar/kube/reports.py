@@ -1,19 +1,34 @@
 """Transitions into reports, pure: the Event texts `kubectl describe pod` lists and the desired
-state of the pod condition."""
+state of the pod condition (docs/protocol.md section 7.5).
+
+Everything here reads a transition and, where the transition does not carry enough, a
+`Snapshot` of the state taken after it: never the state itself, so that a report cannot
+depend on how the core keeps its records, nor change them.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sidecar.core.health import HealthState
 from sidecar.core.records import EndCause, Status, Subject, Transition
-
-logger = logging.getLogger("dynamo_health_sidecar")
+from sidecar.core.views import Snapshot
 
 NORMAL = "Normal"
 WARNING = "Warning"
+
+# The subjects whose reports read the snapshot (the life's number and age, which endpoints
+# hold readiness back); the others are told by the transition alone, so the reporter takes a
+# snapshot, a copy of every endpoint, only for these.
+READS_SNAPSHOT = frozenset({Subject.WORKER, Subject.LIFE})
+
+# The event reason of each end of a life; a cause a file did not keep counts as an exit.
+END_REASONS = {
+    None: "WorkerExited",
+    EndCause.EXITED: "WorkerExited",
+    EndCause.HEARTBEAT_MISSED: "HeartbeatMissed",
+    EndCause.UNRESPONSIVE: "WorkerUnresponsive",
+}
 
 
 @dataclass(frozen=True)
@@ -42,18 +57,14 @@ class Report:
     condition: ConditionSpec | None = None
 
 
-def describe(t: Transition, state: HealthState | None = None) -> Report:
-    """The events and condition a transition calls for. Pure: reads `state`, changes nothing.
+def describe(t: Transition, snapshot: Snapshot | None = None) -> Report:
+    """The events and condition a transition calls for.
 
-    `state` (the one that published `t`) adds what a transition does not carry: the required
-    endpoints, which of them hold readiness back, how long the life has lasted.
+    `snapshot` (of the state that published `t`, taken after it) is read for the subjects in
+    `READS_SNAPSHOT` and must be given for them.
     """
     if t.subject is Subject.ENDPOINT:
         return _describe_endpoint(t)
-    if t.subject is Subject.WORKER:
-        return _describe_worker(t, state)
-    if t.subject is Subject.LIFE:
-        return _describe_life(t, state)
     if t.subject is Subject.DRAIN:
         spec = EventSpec(
             NORMAL,
@@ -62,38 +73,35 @@ def describe(t: Transition, state: HealthState | None = None) -> Report:
             "worker stays live until it exits or the drain time ends",
         )
         return Report((spec,), ConditionSpec(False, "Draining", spec.message))
-    return Report()
+    if t.subject not in READS_SNAPSHOT:
+        return Report()  # leases: the pod's readiness does not depend on them
+    if snapshot is None:
+        raise ValueError(f"a {t.subject.value} transition is described with a snapshot")
+    if t.subject is Subject.WORKER:
+        return _describe_worker(t, snapshot)
+    return _describe_life(t, snapshot)
 
 
-def current_condition(state: HealthState) -> ConditionSpec:
+def current_condition(snapshot: Snapshot) -> ConditionSpec:
     """The condition the state calls for now (at start, and after a restore)."""
-    life = state.life
-    if state.draining:
+    life = snapshot.life
+    if snapshot.draining:
         return ConditionSpec(False, "Draining", "Sidecar is draining after a stop signal")
-    if not state.alive:
+    if not snapshot.alive:
         return ConditionSpec(
             False,
             END_REASONS[life.end_cause],
             f"Worker life {life.number} ended: {life.end_reason}",
         )
-    if state.status is Status.READY:
+    if snapshot.status is Status.READY:
         return ConditionSpec(
-            True, "WorkerReady", f"Worker life {life.number} is ready: {_why_ready(state)}"
+            True, "WorkerReady", f"Worker life {life.number} is ready: {_why_ready(snapshot)}"
         )
     return ConditionSpec(
         False,
         "WorkerStarting",
-        f"Worker life {life.number} is not ready yet: {_why_not_ready(state)}",
+        f"Worker life {life.number} is not ready yet: {_why_not_ready(snapshot)}",
     )
-
-
-# The event reason of each end of a life; a cause a file did not keep counts as an exit.
-END_REASONS = {
-    None: "WorkerExited",
-    EndCause.EXITED: "WorkerExited",
-    EndCause.HEARTBEAT_MISSED: "HeartbeatMissed",
-    EndCause.UNRESPONSIVE: "WorkerUnresponsive",
-}
 
 
 def format_duration(seconds: float) -> str:
@@ -117,43 +125,38 @@ def _describe_endpoint(t: Transition) -> Report:
     return Report((EventSpec(WARNING, "EndpointNotReady", message),))
 
 
-def _describe_worker(t: Transition, state: HealthState | None) -> Report:
-    life = f"Worker life {state.life.number}" if state is not None else "Worker"
+def _describe_worker(t: Transition, snapshot: Snapshot) -> Report:
+    life = snapshot.life
     if t.new == Status.READY.value:
-        if state is not None:
-            since = t.at - state.life.began_at
-            message = (
-                f"{life} is ready {format_duration(since)} after it began: {_why_ready(state)}"
-            )
-        else:
-            message = f"Worker is ready after {format_duration(t.after)}"
+        since = format_duration(t.at - life.began_at)
+        message = (
+            f"Worker life {life.number} is ready {since} after it began: {_why_ready(snapshot)}"
+        )
         spec = EventSpec(NORMAL, "WorkerReady", message)
         return Report((spec,), ConditionSpec(True, "WorkerReady", message))
-    if state is not None and not state.alive:
+    if not snapshot.alive:
         # The life's end has its own event; the condition says why the worker is not ready.
-        ended = state.life
-        message = f"Worker life {ended.number} ended: {ended.end_reason}"
-        return Report((), ConditionSpec(False, END_REASONS[ended.end_cause], message))
-    message = f"{life} is not ready any more, after {format_duration(t.after)} ready"
-    if state is not None:
-        message = f"{message}: {_why_not_ready(state)}"
+        message = f"Worker life {life.number} ended: {life.end_reason}"
+        return Report((), ConditionSpec(False, END_REASONS[life.end_cause], message))
+    message = (
+        f"Worker life {life.number} is not ready any more, after {format_duration(t.after)} "
+        f"ready: {_why_not_ready(snapshot)}"
+    )
     spec = EventSpec(WARNING, "WorkerNotReady", message)
     return Report((spec,), ConditionSpec(False, "WorkerNotReady", message))
 
 
-def _describe_life(t: Transition, state: HealthState | None) -> Report:
+def _describe_life(t: Transition, snapshot: Snapshot) -> Report:
     name = t.name[:1].upper() + t.name[1:]  # "Worker life 2"
     if t.old == "saved":
         if t.new == "alive":
             message = f"Sidecar restarted and continues {t.name} from its state file"
         else:
-            ended = f" ({state.life.end_reason})" if state is not None else ""
             message = (
-                f"Sidecar restarted; its state file says {t.name} had ended{ended}; the next "
-                "signal from the worker begins a new life"
+                f"Sidecar restarted; its state file says {t.name} had ended "
+                f"({snapshot.life.end_reason}); the next signal from the worker begins a new life"
             )
-        condition = current_condition(state) if state is not None else None
-        return Report((EventSpec(NORMAL, "StateRestored", message),), condition)
+        return Report((EventSpec(NORMAL, "StateRestored", message),), current_condition(snapshot))
     if t.new == "ended":
         reason = END_REASONS[t.cause]
         message = (
@@ -166,46 +169,48 @@ def _describe_life(t: Transition, state: HealthState | None) -> Report:
     message = f"{name} began {format_duration(t.after)} after the previous life ended"
     spec = EventSpec(NORMAL, "WorkerRestarted", message)
     condition = None
-    if state is not None and state.status is not Status.READY:
+    if snapshot.status is not Status.READY:
         condition = ConditionSpec(
-            False, "WorkerStarting", f"{name} began; not ready yet: {_why_not_ready(state)}"
+            False, "WorkerStarting", f"{name} began; not ready yet: {_why_not_ready(snapshot)}"
         )
     return Report((spec,), condition)
 
 
-def _why_ready(state: HealthState) -> str:
-    required = state.required
+def _why_ready(snapshot: Snapshot) -> str:
+    required = snapshot.required
     if required:
-        noun = "endpoint" if len(required) == 1 else "endpoints"
-        verb = "is" if len(required) == 1 else "are"
-        return f"required {noun} {join_names(required)} {verb} ready"
-    if state.endpoints:
-        ready = [name for name, record in state.endpoints.items() if record.status is Status.READY]
+        return f"required {_endpoints(required)} ready"
+    if snapshot.endpoints:
+        ready = [name for name, view in snapshot.endpoints.items() if view.status is Status.READY]
         return f"every endpoint it announced is ready ({join_names(ready)})"
-    if state.life.declared is Status.READY:
+    if snapshot.life.declared is Status.READY:
         return "it declared itself ready (sd_notify READY=1)"
     return "the starting status is ready"
 
 
-def _why_not_ready(state: HealthState) -> str:
-    required = state.required
-    if required:
+def _why_not_ready(snapshot: Snapshot) -> str:
+    endpoints = snapshot.endpoints
+    if snapshot.required:
         waiting = [
             name
-            for name in required
-            if (record := state.endpoints.get(name)) is None or record.status is not Status.READY
+            for name in snapshot.required
+            if (view := endpoints.get(name)) is None or view.status is not Status.READY
         ]
-        noun = "endpoint" if len(waiting) == 1 else "endpoints"
-        verb = "is" if len(waiting) == 1 else "are"
-        return f"required {noun} {join_names(waiting)} {verb} not ready"
-    waiting = [n for n, record in state.endpoints.items() if record.status is not Status.READY]
+        return f"required {_endpoints(waiting)} not ready"
+    waiting = [name for name, view in endpoints.items() if view.status is not Status.READY]
     if waiting:
-        noun = "endpoint" if len(waiting) == 1 else "endpoints"
-        verb = "is" if len(waiting) == 1 else "are"
-        return f"{noun} {join_names(waiting)} {verb} not ready"
-    if state.life.declared is Status.NOTREADY:
+        return f"{_endpoints(waiting)} not ready"
+    if snapshot.life.declared is Status.NOTREADY:
         return "it declared itself stopping (sd_notify STOPPING=1)"
     return "it has announced no endpoint yet"
+
+
+def _endpoints(names: Iterable[str]) -> str:
+    """`endpoint a is`, `endpoints a and b are`: the subject of a sentence about them."""
+    items = list(names)
+    if len(items) == 1:
+        return f"endpoint {join_names(items)} is"
+    return f"endpoints {join_names(items)} are"
 
 
 def join_names(names: Iterable[str], limit: int = 5) -> str:
