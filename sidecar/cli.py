@@ -12,6 +12,7 @@ from typing import NoReturn
 from sidecar import __version__
 from sidecar.client import resolve_socket
 from sidecar.commands import show_status, signal_sidecar
+from sidecar.setting_kinds import Option
 from sidecar.settings import OPTIONS, SettingsError, load, printable
 
 PROG = "dynamo-health-sidecar"
@@ -28,7 +29,7 @@ and the kubelet probes the health, live and /ready paths on the probe port."""
 SERVE_EPILOG = """\
 Every flag has an environment variable (in brackets); the flag wins, and an empty
 variable counts as unset. An invalid value stops the sidecar with exit code 2 and one
-line that names it. DYN_SYSTEM_ENABLED, which has no flag, must be true or unset.
+line that names it. {flagless}
 
 serves:
   probe port     the health path, the live path, /ready, /metrics and /sidecar/live
@@ -65,6 +66,10 @@ keys: h = make the worker hang (alive but silent: its heartbeat deadline ends it
 The kubelet restarts the worker after three live failures, and the next life begins."""
 
 
+# `signal` and `status` find the sidecar as the client library does.
+SOCKET_HELP = "the worker's socket (default: DYN_SIDECAR_SOCKET, else /var/run/dynamo/health.sock)"
+
+
 # argparse quotes the arguments it refuses: a usage line shows this many characters of it.
 USAGE_MAX = 300
 
@@ -91,25 +96,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_serve(commands)
+    _add_signal(commands)
+    _add_status(commands)
+    _add_demo(commands)
+    return parser
+
+
+def _add_serve(commands: argparse._SubParsersAction[OneLineParser]) -> None:
+    """`serve`'s options, one for each setting with a flag, all from the setting's record."""
     serve_parser = commands.add_parser(
         "serve",
         help="run the sidecar: the probe port and the worker's socket",
         description="Run the sidecar until SIGTERM or SIGINT (which start the drain).",
-        epilog=SERVE_EPILOG,
+        epilog=SERVE_EPILOG.format(flagless=_flagless()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     for option in OPTIONS:
         if option.flag:
             serve_parser.add_argument(
-                option.flag,
-                dest=option.field,
-                metavar="VALUE",
-                help=f"{option.help} [{option.variable}]",
+                option.flag, dest=option.field, metavar=option.metavar, help=_help(option)
             )
-    socket_help = (
-        "the worker's socket (default: DYN_SIDECAR_SOCKET, else /var/run/dynamo/health.sock)"
+
+
+def _help(option: Option[object]) -> str:
+    """The option's help with its default and its variable; `%` doubled, since argparse
+    formats help with it."""
+    default = (
+        f"default {option.default_text}" if option.literal else f"default: {option.default_text}"
     )
+    return f"{option.help} ({default}) [{option.variable}]".replace("%", "%%")
+
+
+def _flagless() -> str:
+    """The sentence on each setting that only a variable sets (DYN_SYSTEM_ENABLED)."""
+    return " ".join(
+        f"{option.variable}, which has no flag, {option.help}."
+        for option in OPTIONS
+        if not option.flag
+    )
+
+
+def _add_signal(commands: argparse._SubParsersAction[OneLineParser]) -> None:
+    """`signal`: what a worker without Python runs to tell the sidecar something."""
     signal_parser = commands.add_parser(
         "signal",
         help="tell a running sidecar an endpoint is ready or not, or that the worker is alive",
@@ -120,10 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     signal_parser.add_argument("action", choices=["ready", "notready", "heartbeat"])
     signal_parser.add_argument("endpoint", nargs="?", help="the endpoint (ready and notready)")
-    signal_parser.add_argument("--socket", metavar="PATH", help=socket_help)
+    signal_parser.add_argument("--socket", metavar="PATH", help=SOCKET_HELP)
     signal_parser.add_argument(
         "--pid", type=int, metavar="PID", help="the worker's pid, sent with the signal"
     )
+
+
+def _add_status(commands: argparse._SubParsersAction[OneLineParser]) -> None:
+    """`status`: what a person runs in the pod to see what the sidecar sees."""
     status_parser = commands.add_parser(
         "status",
         help="print what a running sidecar sees",
@@ -133,7 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     status_parser.add_argument("--json", action="store_true", help="print JSON, not a table")
-    status_parser.add_argument("--socket", metavar="PATH", help=socket_help)
+    status_parser.add_argument("--socket", metavar="PATH", help=SOCKET_HELP)
+
+
+def _add_demo(commands: argparse._SubParsersAction[OneLineParser]) -> None:
+    """`demo`: the sidecar with a simulated worker and kubelet, to try it."""
     demo_parser = commands.add_parser(
         "demo",
         help="try it: a sidecar, a simulated worker and a small kubelet, with keys to break it",
@@ -149,7 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--hang-after", type=float, metavar="S", help="hang the worker at S")
     demo_parser.add_argument("--crash-after", type=float, metavar="S", help="crash the worker at S")
     demo_parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

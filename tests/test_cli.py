@@ -1,8 +1,8 @@
 """The real `dynamo-health-sidecar` command, run as a process: exit codes, stderr, logs.
 
-Contract section 1: an invalid setting stops the process at start with exit code 2 and one
-line on stderr naming the variable or flag, the value and what is allowed; nothing starts
-half-configured.
+docs/protocol.md section 1.2: an invalid setting stops the process at start with exit code 2
+and one line on stderr naming the variable or flag, the value and what is allowed; nothing
+starts half-configured.
 """
 
 from __future__ import annotations
@@ -325,10 +325,12 @@ def test_help_exits_0_and_lists_serve() -> None:
 
 @pytest.mark.parametrize("option", [o for o in OPTIONS if o.flag], ids=lambda o: o.flag)
 def test_serve_help_names_flag_with_its_variable(option: object, serve_help: str) -> None:
-    flag, variable = option.flag, option.variable  # type: ignore[attr-defined]
+    flag, variable, metavar = option.flag, option.variable, option.metavar  # type: ignore[attr-defined]
     # The flag's entry, up to the next flag, ends with its variable in brackets.
     entry = re.search(
-        rf"^ {{2}}{re.escape(flag)} VALUE\s((?:(?!^ {{2}}--).)*)", serve_help, re.M | re.S
+        rf"^ {{2}}{re.escape(flag)} {re.escape(metavar)}\s((?:(?!^ {{2}}--).)*)",
+        serve_help,
+        re.M | re.S,
     )
     assert entry, flag
     assert f"[{variable}]" in entry.group(1)

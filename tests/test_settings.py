@@ -1,8 +1,8 @@
 """Unit tests of `sidecar.settings.load`: defaults, good values, exact error lines, flags.
 
-Contract sections 1 and 2: every setting is a variable and a flag, the flag wins, an empty
-variable counts as unset, and a bad value raises `SettingsError` whose `str()` is the one
-line the user sees, naming the variable or flag, the value (shortened) and what is allowed.
+docs/protocol.md sections 1.2 and 2: every setting is a variable and a flag, the flag wins,
+an empty variable counts as unset, and a bad value raises `SettingsError` whose `str()` is the
+one line the user sees, naming the variable or flag, the value (shortened) and what is allowed.
 Dynamo's own variables are read as Dynamo 1.6.1 reads them, but where the protocol document
 says why not.
 """
