@@ -13,7 +13,7 @@
    to visible state.
 
 Markdown on stdout, progress on stderr; servers on the first CPU, load on the others, as in
-run.py (whose machinery this reuses).
+run.py (whose modules this reuses).
 """
 
 from __future__ import annotations
@@ -30,16 +30,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+import load
+import procfs
+from fleet import Fleet, Server, free_port, plan_cpus, stop_on_signals
+from loadtools import PROBE_HEADERS, wrk_measured
+from progress import log
+from quiet import Quiet
+from references import start_go
+from sidecars import answering, serve_argv, set_ready, start_sidecar
+from tooling import DEFAULT_TOOLS, HERE, SetupError, Tools, ensure_tools, run_quiet, sidecar_python
+from units import MIB
 
-import load  # noqa: E402
-import run  # noqa: E402
-from run import Fleet, Server, Tools, log  # noqa: E402
+Gate = Callable[[str], None]
 
 VARIANT_SETS: list[tuple[str, str, tuple[str, ...]]] = [
     # (label, variants.py variants, extra serve flags)
@@ -57,6 +63,7 @@ VARIANT_SETS: list[tuple[str, str, tuple[str, ...]]] = [
 
 
 def ensure_py_spy(tools_dir: Path) -> str:
+    """py-spy: ours from an earlier run, one on PATH, or from PyPI into a venv."""
     venv = tools_dir / "py-venv"
     ours = venv / "bin" / "py-spy"
     if ours.exists():
@@ -65,8 +72,8 @@ def ensure_py_spy(tools_dir: Path) -> str:
     if on_path:
         return on_path
     log(f"installing py-spy into {venv}")
-    run.run_quiet([sys.executable, "-m", "venv", str(venv)], timeout=300)
-    run.run_quiet([str(venv / "bin" / "pip"), "install", "--quiet", "py-spy"], timeout=900)
+    run_quiet([sys.executable, "-m", "venv", str(venv)], timeout=300)
+    run_quiet([str(venv / "bin" / "pip"), "install", "--quiet", "py-spy"], timeout=900)
     return str(ours)
 
 
@@ -74,6 +81,8 @@ def ensure_py_spy(tools_dir: Path) -> str:
 
 
 def py_spy_record(py_spy: str, pid: int, seconds: float, out: Path) -> Path:
+    """Collapsed stacks of every thread, native frames and idle ones included (the share
+    of idle samples says how busy the sidecar was)."""
     argv = [
         py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
         "--rate", "250", "--native", "--idle", "--format", "raw", "--output", str(out),
@@ -150,6 +159,7 @@ def summarize(raw: Path, top: int = 15) -> dict[str, Any]:
 
 
 def render_profile(title: str, summary: dict[str, Any], note: str) -> list[str]:
+    """One profile's four tables, as Markdown lines."""
     lines = [
         f"### {title}",
         "",
@@ -175,11 +185,14 @@ def render_profile(title: str, summary: dict[str, Any], note: str) -> list[str]:
 
 
 def variant_tools(tools: Tools, variants: str) -> Tools:
-    python = run.sidecar_python(tools.sidecar)
+    """The tools with the sidecar run through variants.py, on the sidecar's interpreter."""
+    python = sidecar_python(tools.sidecar)
     return dataclasses.replace(tools, sidecar=[python, str(HERE / "variants.py"), variants])
 
 
 def wakeups(pid: int) -> int:
+    """Times the process's threads were scheduled (schedstat's third field): an idle
+    server's cost is mostly its wake-ups."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -188,23 +201,19 @@ def wakeups(pid: int) -> int:
 
 
 def exec_to_first_probe(tools: Tools, fleet: Fleet, runs: int) -> float:
+    """The median of `runs` starts, Popen to both doors answering."""
     times = []
     for i in range(runs):
-        port = run.free_port()
+        port = free_port()
         sock = fleet.rundir / f"exec-{time.monotonic_ns()}-{i}.sock"
-        argv = [
-            *tools.sidecar, "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--socket", str(sock), "--endpoints", "generate", "--drain-seconds", "0",
-            "--kube", "off",
-        ]  # fmt: skip
+        argv = serve_argv(tools.sidecar, port, sock, "--endpoints", "generate", "--kube", "off")
         began = time.perf_counter()
         proc = fleet.spawn(f"exec-{i}", argv)
         while True:
             if proc.poll() is not None or time.perf_counter() - began > 30:
                 raise RuntimeError("a variant did not start")
             with contextlib.suppress(OSError):
-                load.probe(port, "/health", timeout=1.0)
-                if load.unix_request(str(sock), "GET", "/v1/status", timeout=1.0)[0] == 200:
+                if answering(port, sock):
                     break
             time.sleep(0.001)
         times.append(time.perf_counter() - began)
@@ -212,61 +221,77 @@ def exec_to_first_probe(tools: Tools, fleet: Fleet, runs: int) -> float:
     return statistics.median(times)
 
 
-def measure_variants(
-    tools: Tools, fleet: Fleet, rounds: int, idle_seconds: float, gate: Any
-) -> list[dict[str, Any]]:
+Row = dict[str, Any]
+
+
+def start_variants(tools: Tools, fleet: Fleet) -> list[tuple[str, Server]]:
+    """Every variant set as a ready sidecar, all up at once so they share the conditions."""
     servers: list[tuple[str, Server]] = []
     for n, (label, variants, extra) in enumerate(VARIANT_SETS):
-        server = run.start_sidecar(fleet, variant_tools(tools, variants), f"v{n}", extra=extra)
-        run.set_ready(server)
+        server = start_sidecar(fleet, variant_tools(tools, variants), f"v{n}", extra=extra)
+        set_ready(server)
         servers.append((label, server))
-    results: dict[str, dict[str, Any]] = {label: {"label": label} for label, _ in servers}
+    return servers
 
+
+def measure_idle(
+    servers: list[tuple[str, Server]], results: dict[str, Row], seconds: float, gate: Gate
+) -> None:
+    """Idle CPU, wake-ups and RSS of every variant, all idle over the same window."""
     time.sleep(1.0)
     gate("variants: idle")
-    log(f"variants: idle CPU and wake-ups over {idle_seconds:g}s, all idle together")
-    before = {label: (run.cpu_ns_precise(s.pid) or 0, wakeups(s.pid)) for label, s in servers}
+    log(f"variants: idle CPU and wake-ups over {seconds:g}s, all idle together")
+    before = {label: (procfs.cpu_ns_precise(s.pid) or 0, wakeups(s.pid)) for label, s in servers}
     began = time.monotonic()
-    time.sleep(idle_seconds)
-    seconds = time.monotonic() - began
+    time.sleep(seconds)
+    elapsed = time.monotonic() - began
     for label, server in servers:
         ns, wakes = before[label]
-        now = run.cpu_ns_precise(server.pid) or 0
-        results[label]["idle_cpu_share"] = (now - ns) / 1e9 / seconds
-        results[label]["idle_wakeups_per_s"] = (wakeups(server.pid) - wakes) / seconds
-        results[label]["rss_idle_bytes"] = run.rss_bytes(server.pid)
+        now = procfs.cpu_ns_precise(server.pid) or 0
+        results[label]["idle_cpu_share"] = (now - ns) / 1e9 / elapsed
+        results[label]["idle_wakeups_per_s"] = (wakeups(server.pid) - wakes) / elapsed
+        results[label]["rss_idle_bytes"] = procfs.rss_bytes(server.pid)
 
+
+def measure_rates(
+    tools: Tools, servers: list[tuple[str, Server]], go: Server, rounds: int, gate: Gate
+) -> dict[str, dict[str, list[float]]]:
+    """wrk -c8 on every variant and on Go, interleaved (reversed every other round):
+    measure -> label (or "Go reference") -> one value per round."""
     log(f"variants: wrk -c8, connection per request, {rounds} interleaved rounds")
-    rates: dict[str, list[float]] = {label: [] for label, _ in servers}
-    cpu: dict[str, list[float]] = {label: [] for label, _ in servers}
-    p99: dict[str, list[float]] = {label: [] for label, _ in servers}
-    go = run.start_reference(fleet, tools, "go-reference", keepalive=False)
-    go_rates: list[float] = []
+    series: dict[str, dict[str, list[float]]] = {"rate": {}, "cpu": {}, "p99": {}}
     for r in range(rounds):
         gate(f"variants: round {r + 1}")
         order = [*servers, ("Go reference", go)]
         if r % 2:
             order.reverse()
         for label, server in order:
-            result = run.wrk_measured(tools, server, connections=8, seconds=2)
-            if server is go:
-                go_rates.append(result["rate"])
-                continue
-            rates[label].append(result["rate"])
-            cpu[label].append(result["server_cpu_us_per_request"])
-            p99[label].append(result["latency_us"]["p99"])
-    base = rates[servers[0][0]]
-    for label, _ in servers:
-        results[label]["rate"] = statistics.median(rates[label])
-        results[label]["rate_vs_as_is"] = statistics.median(
+            result = wrk_measured(tools, server, connections=8, seconds=2)
+            series["rate"].setdefault(label, []).append(result["rate"])
+            series["cpu"].setdefault(label, []).append(result["server_cpu_us_per_request"])
+            series["p99"].setdefault(label, []).append(result["latency_us"]["p99"])
+    return series
+
+
+def summarize_rates(series: dict[str, dict[str, list[float]]], results: dict[str, Row]) -> None:
+    """Medians, and the ratios to "as it is" and to Go as medians of paired rounds (a
+    round slowed by background load slows both sides of its ratio)."""
+    rates, go_rates = series["rate"], series["rate"]["Go reference"]
+    base = rates[VARIANT_SETS[0][0]]
+    for label, row in results.items():
+        row["rate"] = statistics.median(rates[label])
+        row["rate_vs_as_is"] = statistics.median(
             a / b for a, b in zip(rates[label], base, strict=True)
         )
-        results[label]["rate_vs_go"] = statistics.median(
+        row["rate_vs_go"] = statistics.median(
             a / b for a, b in zip(rates[label], go_rates, strict=True)
         )
-        results[label]["cpu_us_per_probe"] = statistics.median(cpu[label])
-        results[label]["p99_c8_us"] = statistics.median(p99[label])
+        row["cpu_us_per_probe"] = statistics.median(series["cpu"][label])
+        row["p99_c8_us"] = statistics.median(series["p99"][label])
 
+
+def measure_visible(servers: list[tuple[str, Server]], results: dict[str, Row], gate: Gate) -> None:
+    """Signal to visible state, 500 flips on each variant (left ready after)."""
     log("variants: signal to visible state, 500 times each")
     for label, server in servers:
         assert server.socket_path is not None
@@ -274,20 +299,38 @@ def measure_variants(
         visible = load.signal_to_visible(str(server.socket_path), server.port, 500, "generate")
         results[label]["visible_p50_us"] = visible["visible_us"]["p50"]
         results[label]["visible_p99_us"] = visible["visible_us"]["p99"]
-        run.set_ready(server)
-    for _, server in [*servers, ("Go reference", go)]:
-        fleet.stop(server.proc)
+        set_ready(server)
 
+
+def measure_starts(tools: Tools, fleet: Fleet, results: dict[str, Row]) -> None:
+    """Exec to first probe per variant set; rows with the same variants (the state file
+    off is a flag, not a variant) share one measurement."""
     log("variants: exec to first probe, median of 3 each")
     seen: dict[str, float] = {}
     for label, variants, _ in VARIANT_SETS:
         if variants not in seen:
             seen[variants] = exec_to_first_probe(variant_tools(tools, variants), fleet, 3)
         results[label]["exec_to_first_probe_s"] = seen[variants]
+
+
+def measure_variants(
+    tools: Tools, fleet: Fleet, rounds: int, idle_seconds: float, gate: Gate
+) -> list[Row]:
+    """Every variant set side by side: one row each, in VARIANT_SETS's order."""
+    servers = start_variants(tools, fleet)
+    results: dict[str, Row] = {label: {"label": label} for label, _ in servers}
+    measure_idle(servers, results, idle_seconds, gate)
+    go = start_go(fleet, tools, "go-reference", keepalive=False)
+    summarize_rates(measure_rates(tools, servers, go, rounds, gate), results)
+    measure_visible(servers, results, gate)
+    for _, server in [*servers, ("Go reference", go)]:
+        fleet.stop(server.proc)
+    measure_starts(tools, fleet, results)
     return [results[label] for label, _ in servers]
 
 
-def render_variants(rows: list[dict[str, Any]]) -> list[str]:
+def render_variants(rows: list[Row]) -> list[str]:
+    """The variants' table, as Markdown lines."""
     lines = [
         "### What each change buys (run-time prototypes in `bench/variants.py`)",
         "",
@@ -302,7 +345,7 @@ def render_variants(rows: list[dict[str, Any]]) -> list[str]:
             f"{r['rate_vs_go']:.2f}x | "
             f"{r['p99_c8_us'] / 1000:.2f} ms | "
             f"{r['cpu_us_per_probe']:.0f} us | {r['idle_cpu_share'] * 100:.3f}% | "
-            f"{r['idle_wakeups_per_s']:.1f}/s | {r['rss_idle_bytes'] / run.MIB:.1f} MB | "
+            f"{r['idle_wakeups_per_s']:.1f}/s | {r['rss_idle_bytes'] / MIB:.1f} MB | "
             f"{r['exec_to_first_probe_s']:.3f} s | {r['visible_p50_us'] / 1000:.2f} / "
             f"{r['visible_p99_us'] / 1000:.2f} ms |"
         )
@@ -312,68 +355,73 @@ def render_variants(rows: list[dict[str, Any]]) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
-def profile_probes(
-    tools: Tools, fleet: Fleet, py_spy: str, seconds: float, out: Path, gate: Any
+def _profile_probe_path(
+    tools: Tools, server: Server, py_spy: str, seconds: float, out: Path
 ) -> dict[str, Any]:
-    server = run.start_sidecar(fleet, tools, "profiled")
-    run.set_ready(server)
-    gate("py-spy, probe path")
-    log(f"py-spy on the probe path: wrk -c8, connection per request, {seconds:g}s")
+    """py-spy while wrk saturates the port (wrk runs 3 s longer than the sampling, which
+    starts 1 s in, so every sample falls under load)."""
     wrk = subprocess.Popen(
         [
-            tools.wrk,
-            "-t1",
-            "-c8",
-            f"-d{int(seconds) + 3}s",
-            *run.PROBE_HEADERS,
-            "-H",
-            "Connection: close",
-            server.url(),
+            tools.wrk, "-t1", "-c8", f"-d{int(seconds) + 3}s", *PROBE_HEADERS,
+            "-H", "Connection: close", server.url(),
         ],
         stdout=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     try:
         time.sleep(1.0)
-        probes = summarize(py_spy_record(py_spy, server.pid, seconds, out / "probes.raw"))
+        return summarize(py_spy_record(py_spy, server.pid, seconds, out / "probes.raw"))
     finally:
         wrk.wait(seconds + 30)
 
-    gate("py-spy, socket")
-    log(f"py-spy on the socket: 2,000 signals/s with 400 probes/s, {seconds:g}s")
+
+def _profile_socket(
+    tools: Tools, server: Server, py_spy: str, seconds: float, out: Path
+) -> dict[str, Any]:
+    """py-spy while the signal driver (2,000/s) and kubeprobe (8 x 50/s) run together."""
     assert server.socket_path is not None
     driver = subprocess.Popen(
         [
-            sys.executable,
-            str(HERE / "load.py"),
-            "signals",
-            "--socket",
-            str(server.socket_path),
-            "--seconds",
-            str(seconds + 3),
+            sys.executable, str(HERE / "load.py"), "signals",
+            "--socket", str(server.socket_path), "--seconds", str(seconds + 3),
         ],
         stdout=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     prober = subprocess.Popen(
         [str(tools.kubeprobe), "-url", server.url(), "-duration", f"{seconds + 3}s"],
         stdout=subprocess.DEVNULL,
     )
     try:
         time.sleep(1.0)
-        signals = summarize(py_spy_record(py_spy, server.pid, seconds, out / "signals.raw"))
+        return summarize(py_spy_record(py_spy, server.pid, seconds, out / "signals.raw"))
     finally:
         driver.wait(seconds + 60)
         prober.wait(seconds + 60)
+
+
+def profile_probes(
+    tools: Tools, fleet: Fleet, py_spy: str, seconds: float, out: Path, gate: Gate
+) -> dict[str, Any]:
+    """Both profiles, on one ready sidecar."""
+    server = start_sidecar(fleet, tools, "profiled")
+    set_ready(server)
+    gate("py-spy, probe path")
+    log(f"py-spy on the probe path: wrk -c8, connection per request, {seconds:g}s")
+    probes = _profile_probe_path(tools, server, py_spy, seconds, out)
+    gate("py-spy, socket")
+    log(f"py-spy on the socket: 2,000 signals/s with 400 probes/s, {seconds:g}s")
+    signals = _profile_socket(tools, server, py_spy, seconds, out)
     fleet.stop(server.proc)
     return {"probes": probes, "signals": signals}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line (the same --tools-dir, --sidecar and --wait-quiet as run.py)."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="py-spy sampling time")
     parser.add_argument("--rounds", type=int, default=4, help="rate rounds per variant")
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--json", type=Path, help="write the raw results here")
-    parser.add_argument("--tools-dir", type=Path, default=run.DEFAULT_TOOLS)
+    parser.add_argument("--tools-dir", type=Path, default=DEFAULT_TOOLS)
     parser.add_argument("--sidecar", help="the command that runs the sidecar (default: found)")
     parser.add_argument("--skip-py-spy", action="store_true")
     parser.add_argument("--skip-variants", action="store_true")
@@ -384,42 +432,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECONDS",
         help="wait up to this long before each measurement for a quieter machine (as run.py)",
     )
-    args = parser.parse_args(argv)
-    run.stop_on_signals()
+    return parser.parse_args(argv)
 
-    server_cpus, load_cpus = run.plan_cpus()
+
+def measure(args: argparse.Namespace, fleet: Fleet) -> tuple[list[str], dict[str, Any]]:
+    """The profiles and the variants, as asked: (the report's lines, the raw results)."""
+    lines = ["## Where the time goes (bench/hotspots.py)", ""]
+    results: dict[str, Any] = {}
+    tools = ensure_tools(args.tools_dir, args.sidecar)
+    gate = Quiet(fleet, args.wait_quiet).gate
+    if not args.skip_py_spy:
+        py_spy = ensure_py_spy(args.tools_dir)
+        results["py_spy"] = profiled = profile_probes(
+            tools, fleet, py_spy, args.seconds, fleet.rundir, gate
+        )
+        lines += render_profile(
+            "Probe path: wrk -c8, connection per request",
+            profiled["probes"],
+            "py-spy --native --idle at 250 Hz while the port is saturated;",
+        )
+        lines += render_profile(
+            "Worker's socket: 2,000 signals/s (new connection each) and 400 probes/s",
+            profiled["signals"],
+            "py-spy --native --idle at 250 Hz;",
+        )
+    if not args.skip_variants:
+        rows = measure_variants(tools, fleet, args.rounds, args.idle_seconds, gate)
+        results["variants"] = rows
+        lines += render_variants(rows)
+    lines.append(
+        f"Machine: {os.cpu_count()} CPUs, servers pinned to CPU "
+        f"{','.join(map(str, sorted(fleet.cpus)))}; load average "
+        f"{os.getloadavg()[0]:.2f} at the end; {time.strftime('%Y-%m-%d %H:%M')}."
+    )
+    return lines, results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Profile and compare; every server is stopped and the run directory removed on the
+    way out (the profiles are copied beside `--json` first)."""
+    args = parse_args(argv)
+    stop_on_signals()
+    server_cpus, load_cpus = plan_cpus()
     os.sched_setaffinity(0, load_cpus)
     rundir = Path(tempfile.mkdtemp(prefix="dynamo-health-bench-profile-"))
     fleet = Fleet(rundir, server_cpus)
-    lines = ["## Where the time goes (bench/hotspots.py)", ""]
-    results: dict[str, Any] = {}
     try:
-        tools = run.ensure_tools(args.tools_dir, args.sidecar)
-        gate = run.Bench(tools, run.FULL, fleet, args.wait_quiet).quiet_gate
-        if not args.skip_py_spy:
-            py_spy = ensure_py_spy(args.tools_dir)
-            results["py_spy"] = profiled = profile_probes(
-                tools, fleet, py_spy, args.seconds, rundir, gate
-            )
-            lines += render_profile(
-                "Probe path: wrk -c8, connection per request",
-                profiled["probes"],
-                "py-spy --native --idle at 250 Hz while the port is saturated;",
-            )
-            lines += render_profile(
-                "Worker's socket: 2,000 signals/s (new connection each) and 400 probes/s",
-                profiled["signals"],
-                "py-spy --native --idle at 250 Hz;",
-            )
-        if not args.skip_variants:
-            rows = measure_variants(tools, fleet, args.rounds, args.idle_seconds, gate)
-            results["variants"] = rows
-            lines += render_variants(rows)
-        lines.append(
-            f"Machine: {os.cpu_count()} CPUs, servers pinned to CPU "
-            f"{','.join(map(str, sorted(server_cpus)))}; load average "
-            f"{os.getloadavg()[0]:.2f} at the end; {time.strftime('%Y-%m-%d %H:%M')}."
-        )
+        lines, results = measure(args, fleet)
         text = "\n".join(lines) + "\n"
         sys.stdout.write(text)
         if args.json:
@@ -431,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted; stopping everything")
         return 130
-    except (run.SetupError, RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+    except (SetupError, RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
         log(f"failed: {exc}")
         return 1
     finally:

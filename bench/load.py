@@ -1,9 +1,10 @@
 """Client-side load for the benchmark, in the Python standard library alone.
 
-Imported by `run.py` for the measurements it makes in its own process, and run as a
-separate process for the signal driver:
+Imported by the bench's measurement modules for what they measure in the bench's own
+process, and run as a separate process for the signal driver and the fake API server:
 
     python bench/load.py signals --socket S --rate 2000 --seconds 10
+    python bench/load.py fake-kube --port P
 
 Every request here is raw HTTP/1.1 on a plain socket, so the client adds as little as
 possible to what is measured. Probes on TCP look like the kubelet's (docs/protocol.md section 7):
@@ -13,6 +14,7 @@ a new connection per probe, `User-Agent: kube-probe/1.31`, `Accept: */*`.
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
 import os
 import resource
@@ -20,6 +22,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -119,6 +122,7 @@ class UnixKeepAlive:
         self.buffer = b""
 
     def request(self, method: str, target: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """One request on the kept connection; the answer read by its Content-Length."""
         self.sock.sendall(_unix_request_bytes(method, target, body, close=False))
         while b"\r\n\r\n" not in self.buffer:
             self._fill()
@@ -339,87 +343,109 @@ def drive_signals(
     }
 
 
+NOT_FOUND = {"kind": "Status", "code": 404, "reason": "NotFound"}
+
+
+class FakeKube:
+    """The fake API server's state: one pod (its conditions kept as patched) and a count
+    of every call, by kind."""
+
+    def __init__(self, namespace: str, pod: str, uid: str) -> None:
+        self.name = pod
+        self.prefix = f"/api/v1/namespaces/{namespace}"
+        self.pod: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod, "namespace": namespace, "uid": uid, "resourceVersion": "1"},
+            "status": {"phase": "Running", "conditions": []},
+        }
+        self.calls: dict[str, int] = {}
+        self.version = 1
+        self.lock = threading.Lock()  # the server answers each call in its own thread
+
+    def count(self, what: str) -> None:
+        with self.lock:
+            self.calls[what] = self.calls.get(what, 0) + 1
+            self.version += 1
+
+    def create_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The event as created: named (as the API server names one) and versioned."""
+        self.count("create event")
+        metadata = event.setdefault("metadata", {})
+        metadata.setdefault("name", f"{self.name}.{uuid.uuid4().hex[:16]}")
+        metadata["resourceVersion"] = str(self.version)
+        return event
+
+    def patch_status(self, patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge the patch's conditions by type, as a strategic merge patch does."""
+        self.count("patch pod status")
+        with self.lock:
+            conditions = self.pod["status"]["conditions"]
+            for new in patch.get("status", {}).get("conditions", []):
+                conditions[:] = [c for c in conditions if c.get("type") != new.get("type")]
+                conditions.append(new)
+        return self.pod
+
+
+class FakeKubeHandler(http.server.BaseHTTPRequestHandler):
+    """The four calls of the sidecar's reporting, and `GET /bench/calls`; 404 otherwise."""
+
+    protocol_version = "HTTP/1.1"  # the reporter keeps its connection
+    api: FakeKube  # set by serve_fake_kube
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # a line per call would only fill the run directory's log
+
+    def _answer(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        return json.loads(raw) if raw else {}
+
+    def do_GET(self) -> None:
+        api = self.api
+        if self.path == "/bench/calls":
+            self._answer(200, api.calls)
+        elif self.path == f"{api.prefix}/pods/{api.name}/status":
+            api.count("read pod status")
+            self._answer(200, api.pod)
+        else:
+            self._answer(404, NOT_FOUND)
+
+    def do_POST(self) -> None:
+        if self.path != f"{self.api.prefix}/events":
+            self._answer(404, NOT_FOUND)
+            return
+        self._answer(201, self.api.create_event(self._body()))
+
+    def do_PATCH(self) -> None:
+        api = self.api
+        patch = self._body()
+        if self.path.startswith(f"{api.prefix}/events/"):
+            api.count("patch event")
+            self._answer(200, patch)
+        elif self.path == f"{api.prefix}/pods/{api.name}/status":
+            self._answer(200, api.patch_status(patch))
+        else:
+            self._answer(404, NOT_FOUND)
+
+
 def serve_fake_kube(port: int, namespace: str, pod: str, uid: str) -> None:
     """A minimal Kubernetes API server on 127.0.0.1:`port`, plain HTTP, for the calls the
     sidecar's reporting makes (core/v1 events: create and patch; the pod's status: read and
     patch). It accepts every call, keeps the pod's conditions and counts the calls
     (`GET /bench/calls`), so the sidecar's memory with reporting on can be measured without
     a cluster. Not a validating fake: the project's tests have one."""
-    import http.server
-    import uuid
 
-    state: dict[str, Any] = {
-        "pod": {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": pod, "namespace": namespace, "uid": uid, "resourceVersion": "1"},
-            "status": {"phase": "Running", "conditions": []},
-        },
-        "calls": {},
-        "version": 1,
-    }
-    lock = threading.Lock()
-    prefix = f"/api/v1/namespaces/{namespace}"
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-        def _answer(self, code: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _body(self) -> Any:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            return json.loads(raw) if raw else {}
-
-        def _count(self, what: str) -> None:
-            with lock:
-                state["calls"][what] = state["calls"].get(what, 0) + 1
-                state["version"] += 1
-
-        def do_GET(self) -> None:
-            if self.path == "/bench/calls":
-                self._answer(200, state["calls"])
-            elif self.path == f"{prefix}/pods/{pod}/status":
-                self._count("read pod status")
-                self._answer(200, state["pod"])
-            else:
-                self._answer(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
-
-        def do_POST(self) -> None:
-            if self.path != f"{prefix}/events":
-                self._answer(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
-                return
-            event = self._body()
-            self._count("create event")
-            metadata = event.setdefault("metadata", {})
-            metadata.setdefault("name", f"{pod}.{uuid.uuid4().hex[:16]}")
-            metadata["resourceVersion"] = str(state["version"])
-            self._answer(201, event)
-
-        def do_PATCH(self) -> None:
-            patch = self._body()
-            if self.path.startswith(f"{prefix}/events/"):
-                self._count("patch event")
-                self._answer(200, patch)
-            elif self.path == f"{prefix}/pods/{pod}/status":
-                self._count("patch pod status")
-                with lock:
-                    conditions = state["pod"]["status"]["conditions"]
-                    for new in patch.get("status", {}).get("conditions", []):
-                        conditions[:] = [c for c in conditions if c.get("type") != new.get("type")]
-                        conditions.append(new)
-                self._answer(200, state["pod"])
-            else:
-                self._answer(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+    class Handler(FakeKubeHandler):
+        api = FakeKube(namespace, pod, uid)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
@@ -428,6 +454,7 @@ def serve_fake_kube(port: int, namespace: str, pod: str, uid: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`signals` (the driver's report as JSON on stdout) or `fake-kube` (serves forever)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     signals = commands.add_parser("signals", help="drive paced signals on the worker's socket")

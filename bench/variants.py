@@ -29,23 +29,17 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
-VARIANTS = (
-    "baseline",
-    "no-extras",
-    "tick-1s",
-    "no-proxy-headers",
-    "asgi-probe",
-    "raw-probe",
-    "switch-interval",
-)
-
 
 def no_extras() -> None:
+    """A None in sys.modules makes the import fail, as if the package were not installed:
+    uvicorn's "auto" choices then fall back without them."""
     for name in ("websockets", "watchfiles"):
         sys.modules[name] = None  # type: ignore[assignment]
 
 
 def tick_1s() -> None:
+    """uvicorn's main loop, ticking every second instead of every 0.1 s: each tick is a
+    wake-up of an idle sidecar."""
     import uvicorn.server
 
     async def main_loop(self: Any) -> None:
@@ -61,16 +55,18 @@ def tick_1s() -> None:
 
 
 def no_proxy_headers() -> None:
-    import sidecar.server
+    """The probe port's config without proxy_headers: no ProxyHeadersMiddleware call (and
+    no X-Forwarded-For parsing) per request."""
+    import sidecar.http_servers
 
-    original = sidecar.server.uvicorn_config
+    original = sidecar.http_servers.uvicorn_config
 
     def config(app: object) -> Any:
         made = original(app)
         made.proxy_headers = False
         return made
 
-    sidecar.server.uvicorn_config = config
+    sidecar.http_servers.uvicorn_config = config
 
 
 def _fast_paths(settings: Any, verdicts: Any, clock: Callable[[], float]) -> dict[str, Any]:
@@ -100,9 +96,11 @@ def _fast_paths(settings: Any, verdicts: Any, clock: Callable[[], float]) -> dic
 
 
 def asgi_probe() -> None:
-    import sidecar.server
+    """The probe paths answered before Starlette (its middleware, router, Request and
+    Response objects); anything else falls through to the real app, unchanged."""
+    import sidecar.assembly
 
-    original = sidecar.server.build_probe_app  # type: ignore[attr-defined]
+    original = sidecar.assembly.build_probe_app
 
     def build(settings: Any, verdicts: Any, metrics: Any, clock: Any = time.monotonic) -> Any:
         fallback = original(settings, verdicts, metrics, clock)
@@ -128,106 +126,130 @@ def asgi_probe() -> None:
 
         return app
 
-    sidecar.server.build_probe_app = build  # type: ignore[attr-defined]
+    sidecar.assembly.build_probe_app = build
 
 
 REASONS = {200: b"OK", 503: b"Service Unavailable", 404: b"Not Found", 405: b"Method Not Allowed"}
 
 
+class DateHeader:
+    """The `date` header's value, formatted at most once a second (as uvicorn does)."""
+
+    def __init__(self) -> None:
+        self.at, self.value = 0.0, b""
+
+    def __call__(self) -> bytes:
+        now = time.time()
+        if now - self.at >= 1.0:
+            self.at, self.value = now, formatdate(now, usegmt=True).encode()
+        return self.value
+
+
+class RawProbeProtocol(asyncio.Protocol):
+    """One connection of the raw probe port: httptools parses, one write answers (status
+    line, headers and body together: one syscall, one segment)."""
+
+    def __init__(
+        self, paths: dict[str, Any], metrics: Any, httptools: Any, date: DateHeader
+    ) -> None:
+        self.paths, self.metrics, self.httptools, self.date = paths, metrics, httptools, date
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except self.httptools.HttpParserError:
+            self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url  # httptools may deliver the URL in pieces
+
+    def on_message_complete(self) -> None:
+        path = self.httptools.parse_url(self.url).path.decode("latin-1")
+        self.url = b""
+        method = self.parser.get_method()
+        answer = self.paths.get(path)
+        if answer is None:
+            code, body = 404, b'{"error":"no such path"}'
+        elif method not in (b"GET", b"HEAD"):
+            code, body = 405, b'{"error":"read-only"}'
+        else:
+            result = answer()
+            code, body = result.code, result.body
+            self.metrics.count(path, code)
+        keep = self.parser.should_keep_alive()
+        head = b"HTTP/1.1 %d %s\r\ndate: %s\r\ncontent-length: %d\r\n" % (
+            code,
+            REASONS.get(code, b""),
+            self.date(),
+            len(body),
+        )
+        head += b"content-type: application/json\r\n"
+        if not keep:
+            head += b"connection: close\r\n"
+        self.transport.write(head + b"\r\n" + (b"" if method == b"HEAD" else body))
+        if not keep:
+            self.transport.close()
+
+
+class RawServer:
+    """Stands in for the probe port's uvicorn.Server: serves the given socket until
+    `should_exit` is set, the two things the sidecar uses of a uvicorn.Server here."""
+
+    def __init__(self, paths: dict[str, Any], metrics: Any, httptools: Any) -> None:
+        self.paths, self.metrics, self.httptools = paths, metrics, httptools
+        self.should_exit = False
+
+    async def serve(self, sockets: list[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        date = DateHeader()
+        server = await loop.create_server(
+            lambda: RawProbeProtocol(self.paths, self.metrics, self.httptools, date),
+            sock=sockets[0],
+        )
+        while not self.should_exit:
+            await asyncio.sleep(1.0)
+        server.close()
+        await server.wait_closed()
+
+
 def raw_probe() -> None:
+    """The probe port without uvicorn or Starlette: what Python itself can do."""
     import httptools
 
-    import sidecar.server
+    import sidecar.assembly
+    import sidecar.http_servers
 
-    original_build = sidecar.server.build_probe_app  # type: ignore[attr-defined]
-    original_server = sidecar.server.Server
-    marker: dict[int, Any] = {}
+    original_build = sidecar.assembly.build_probe_app
+    original_server = sidecar.http_servers.Server
+    # The probe app's id -> its fast paths and metrics: the server for that app (and only
+    # that one; the socket's keeps uvicorn) is replaced.
+    marker: dict[int, tuple[dict[str, Any], Any]] = {}
 
     def build(settings: Any, verdicts: Any, metrics: Any, clock: Any = time.monotonic) -> Any:
         app = original_build(settings, verdicts, metrics, clock)
         marker[id(app)] = (_fast_paths(settings, verdicts, clock), metrics)
         return app
 
-    date: dict[str, Any] = {"at": 0.0, "value": b""}
-
-    def date_header() -> bytes:
-        now = time.time()
-        if now - date["at"] >= 1.0:
-            date["at"], date["value"] = now, formatdate(now, usegmt=True).encode()
-        return bytes(date["value"])
-
-    class Protocol(asyncio.Protocol):
-        def __init__(self, paths: dict[str, Any], metrics: Any) -> None:
-            self.paths, self.metrics = paths, metrics
-            self.parser = httptools.HttpRequestParser(self)
-            self.url = b""
-            self.transport: Any = None
-
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-
-        def data_received(self, data: bytes) -> None:
-            try:
-                self.parser.feed_data(data)
-            except httptools.HttpParserError:
-                self.transport.close()
-
-        def on_url(self, url: bytes) -> None:
-            self.url += url
-
-        def on_message_complete(self) -> None:
-            path = httptools.parse_url(self.url).path.decode("latin-1")
-            self.url = b""
-            method = self.parser.get_method()
-            answer = self.paths.get(path)
-            if answer is None:
-                code, body = 404, b'{"error":"no such path"}'
-            elif method not in (b"GET", b"HEAD"):
-                code, body = 405, b'{"error":"read-only"}'
-            else:
-                result = answer()
-                code, body = result.code, result.body
-                self.metrics.count(path, code)
-            keep = self.parser.should_keep_alive()
-            head = b"HTTP/1.1 %d %s\r\ndate: %s\r\ncontent-length: %d\r\n" % (
-                code,
-                REASONS.get(code, b""),
-                date_header(),
-                len(body),
-            )
-            head += b"content-type: application/json\r\n"
-            if not keep:
-                head += b"connection: close\r\n"
-            self.transport.write(head + b"\r\n" + (b"" if method == b"HEAD" else body))
-            if not keep:
-                self.transport.close()
-
-    class RawServer:
-        def __init__(self, paths: dict[str, Any], metrics: Any) -> None:
-            self.paths, self.metrics = paths, metrics
-            self.should_exit = False
-
-        async def serve(self, sockets: list[Any]) -> None:
-            loop = asyncio.get_running_loop()
-            server = await loop.create_server(
-                lambda: Protocol(self.paths, self.metrics), sock=sockets[0]
-            )
-            while not self.should_exit:
-                await asyncio.sleep(1.0)
-            server.close()
-            await server.wait_closed()
-
     def make_server(config: Any) -> Any:
         found = marker.get(id(config.app))
         if found is None:
             return original_server(config)
-        return RawServer(*found)
+        paths, metrics = found
+        return RawServer(paths, metrics, httptools)
 
-    sidecar.server.build_probe_app = build  # type: ignore[attr-defined]
-    sidecar.server.Server = make_server  # type: ignore[misc,assignment]
+    sidecar.assembly.build_probe_app = build
+    sidecar.http_servers.Server = make_server  # type: ignore[misc,assignment]
 
 
 def switch_interval() -> None:
+    """A shorter GIL switch interval: if the state file's writer thread delays the loop
+    through the GIL, this shortens the delay."""
     sys.setswitchinterval(0.0005)
 
 
@@ -243,13 +265,14 @@ APPLY = {
 
 
 def main() -> int:
+    """Apply the variants, then run the sidecar's own command line in this process."""
     if len(sys.argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
     wanted = [v for v in sys.argv[1].split(",") if v]
     unknown = [v for v in wanted if v not in APPLY]
     if unknown:
-        print(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+        print(f"unknown variants {unknown}; known: {', '.join(APPLY)}", file=sys.stderr)
         return 2
     # no-extras must block the imports before anything imports uvicorn.
     for name in sorted(wanted, key=lambda v: v != "no-extras"):
