@@ -76,11 +76,12 @@ def instance_ids(document: dict[str, Any]) -> dict[int, set[str]]:
 
 
 def listed_instance(instance_id: int, endpoint: str) -> str:
-    """An instance of `ns.backend.<endpoint>` as `/health` lists it, PORT for its TCP port."""
+    """An instance of `ns.backend.<endpoint>` as `/health` lists it, PORT for its TCP port; the
+    id in the transport is hex without padding, as Dynamo writes it."""
     return (
         f'{{"component":"backend","endpoint":"{endpoint}","namespace":"ns",'
         f'"instance_id":{instance_id},'
-        f'"transport":{{"tcp":"127.0.0.1:PORT/{instance_id:016x}/ns/backend/{endpoint}"}},'
+        f'"transport":{{"tcp":"127.0.0.1:PORT/{instance_id:x}/ns/backend/{endpoint}"}},'
         '"device_type":"cuda","request_plane_codec":"msgpack"}'
     )
 

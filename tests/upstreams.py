@@ -292,7 +292,7 @@ def frontend_instance(
     namespace: str, component: str, endpoint: str, instance_id: int, port: int = 38155
 ) -> dict[str, object]:
     """One entry of a 1.6.1 frontend's `instances`, its keys in Dynamo's order."""
-    path = f"{port}/{instance_id:016x}/{namespace}/{component}/{endpoint}"
+    path = f"{port}/{instance_id:x}/{namespace}/{component}/{endpoint}"
     return {
         "component": component,
         "endpoint": endpoint,
