@@ -125,15 +125,15 @@ def test_chart_kube_off_renders_no_rbac_no_identity_and_kube_off(render_objects:
     assert "serviceAccountName" not in pod_spec(objs)
 
 
-def needs_readiness_gate_value(default_values: dict[str, Any]) -> None:
-    if "readinessGate" not in default_values["sidecar"]["kubeReporting"]:
-        pytest.skip("the chart has no sidecar.kubeReporting.readinessGate value yet")
+def test_chart_kube_readiness_gate_is_a_value_off_by_default(
+    default_values: dict[str, Any],
+) -> None:
+    assert default_values["sidecar"]["kubeReporting"]["readinessGate"] is False
 
 
 def test_chart_kube_readiness_gate_waits_for_the_sidecars_condition(
     render_objects: Any, default_values: dict[str, Any]
 ) -> None:
-    needs_readiness_gate_value(default_values)
     values = {"sidecar": {"kubeReporting": {"enabled": True, "readinessGate": True}}}
     objs = render_objects(values)
     condition = default_values["sidecar"]["kubeReporting"]["conditionType"]
@@ -145,6 +145,5 @@ def test_chart_kube_readiness_gate_waits_for_the_sidecars_condition(
 def test_chart_kube_readiness_gate_without_reporting_is_refused(
     render_objects: Any, default_values: dict[str, Any]
 ) -> None:
-    needs_readiness_gate_value(default_values)
     with pytest.raises(Exception, match=r"readinessGate needs sidecar\.kubeReporting\.enabled"):
         render_objects({"sidecar": {"kubeReporting": {"readinessGate": True}}})
