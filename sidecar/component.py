@@ -29,6 +29,12 @@ class StartupError(Exception):
     """The sidecar cannot start for a reason outside its settings (a port in use, say)."""
 
 
+class NotSaved(Exception):
+    """A change is applied but the state file does not hold it yet; `str()` says why. The
+    worker's socket answers 503 for it: the state file's adapter raises it, the socket's
+    routes wait for it, and neither knows the other."""
+
+
 class AdapterStopped(Exception):
     """A loop that runs for the sidecar's whole life ended on its own."""
 

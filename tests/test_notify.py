@@ -328,13 +328,14 @@ def test_notify_apply_ignores_unknown_keys_and_other_values() -> None:
 
 
 def test_notify_handle_counts_received_malformed_and_ignored() -> None:
-    listener = NotifyListener(Path("/nonexistent/notify.sock"), fresh_state(), clock=lambda: NOW)
+    state = fresh_state()
+    listener = NotifyListener(Path("/nonexistent/notify.sock"), state, clock=lambda: NOW)
     listener.handle(b"READY=1\nRELOADING=1\nERRNO=3")
     listener.handle(b"bogus")
     listener.handle(b"STATUS=Serving\nWATCHDOG_USEC=5000000")
     listener.handle(b"WATCHDOG_USEC=nope")
     assert (listener.received, listener.malformed, listener.ignored_keys) == (4, 1, 3)
-    assert (listener.last_status, listener.watchdog_usec) == ("Serving", 5000000)
+    assert state.current_life().status_text == "Serving"
 
 
 def test_notify_handle_failure_is_counted_and_never_raises(
@@ -454,7 +455,7 @@ def served(loop: asyncio.AbstractEventLoop, notify_path: Path) -> Iterator[Serve
     listener = NotifyListener(notify_path, state, clock)
     start(loop, listener)
     yield Served(loop, listener, state, notify_path)
-    listener.close()
+    listener.stop_listening()
 
 
 def run_sd_notify(path: Path, *messages: str) -> subprocess.Popen[bytes]:
@@ -489,7 +490,6 @@ def test_notify_socket_subprocess_sd_notify_is_seen_with_its_pid(served: Served)
         assert served.state.status is READY
         assert served.state.life.pid == worker.pid
         assert served.state.life.status_text == "loading 40%"
-        assert served.listener.last_status == "loading 40%"
     finally:
         finish(worker)
 
@@ -516,15 +516,17 @@ def test_notify_socket_watchdog_records_a_heartbeat(served: Served) -> None:
 def test_notify_socket_status_text_is_kept(served: Served) -> None:
     served.exchange(b"STATUS=loading 40%")
     assert served.state.life.status_text == "loading 40%"
-    assert served.listener.last_status == "loading 40%"
     assert served.state.status is NOTREADY
 
 
-def test_notify_socket_multi_assignment_datagram_like_systemd_notify(served: Served) -> None:
+def test_notify_socket_multi_assignment_datagram_like_systemd_notify(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dynamo_health_sidecar")
     served.exchange(b"READY=1\nSTATUS=Serving\nMAINPID=123\nWATCHDOG_USEC=30000000\n")
     life = served.state.life
     assert (served.state.status, life.status_text, life.pid) == (READY, "Serving", 123)
-    assert served.listener.watchdog_usec == 30000000
+    assert "the worker asks for a watchdog of 30s (WATCHDOG_USEC=30000000)" in caplog.messages
 
 
 def test_notify_socket_malformed_datagrams_are_counted_and_change_nothing(served: Served) -> None:
@@ -594,7 +596,7 @@ def test_notify_socket_creates_missing_directories(
         send(path, b"READY=1")
         assert wait_until(loop, lambda: listener.received == 1)
     finally:
-        listener.close()
+        listener.stop_listening()
 
 
 def test_notify_socket_replaces_a_stale_socket(
@@ -610,7 +612,7 @@ def test_notify_socket_replaces_a_stale_socket(
         send(notify_path, b"READY=1")
         assert wait_until(loop, lambda: state.status is READY)
     finally:
-        listener.close()
+        listener.stop_listening()
     assert f"replaced the stale socket {notify_path} left by a previous run" in caplog.messages
 
 
@@ -651,20 +653,20 @@ def test_notify_socket_refuses_a_stream_socket_in_use(
 
 
 def test_notify_socket_close_removes_the_file(served: Served) -> None:
-    served.listener.close()
+    served.listener.stop_listening()
     assert not served.path.exists()
-    served.listener.close()  # a second close is harmless
+    served.listener.stop_listening()  # a second close is harmless
 
 
 def test_notify_socket_close_leaves_a_file_that_is_no_longer_ours(served: Served) -> None:
     served.path.unlink()
     served.path.write_text("someone else's")
-    served.listener.close()
+    served.listener.stop_listening()
     assert served.path.read_text() == "someone else's"
 
 
 def test_notify_socket_stops_reading_after_close(served: Served) -> None:
-    served.listener.close()
+    served.listener.stop_listening()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, pytest.raises(OSError):
         sock.sendto(b"READY=1", str(served.path))
     served.until(lambda: False, timeout=0.05)  # let the loop run: nothing is read any more

@@ -19,6 +19,7 @@ from conftest import Sidecar, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sidecar.component import NotSaved
 from sidecar.core.health import HealthState
 from sidecar.core.records import (
     MAX_ENDPOINTS,
@@ -29,11 +30,10 @@ from sidecar.core.records import (
     SavedState,
     Status,
 )
+from sidecar.outputs.state_writer import StateFileWriter
 from sidecar.outputs.statefile import (
     MAX_BYTES,
     CorruptStateFile,
-    NotSaved,
-    StateFileWriter,
     decode,
     encode,
     read,

@@ -29,14 +29,9 @@ import pytest
 
 from sidecar.core.health import HealthState
 from sidecar.core.records import Status, Subject, Transition
-from sidecar.inputs import process as watch_module
-from sidecar.inputs.process import (
-    CMDLINE_CHARS,
-    CPU_SAMPLE_SECONDS,
-    Identity,
-    ProcessWatch,
-    identify,
-)
+from sidecar.inputs import process_table
+from sidecar.inputs.process import CMDLINE_CHARS, CPU_SAMPLE_SECONDS, ProcessWatch
+from sidecar.inputs.process_table import Identity, identify
 
 SLEEPER = "import time; time.sleep(60)"
 # The bound the contract sets, measured from the kill to the state's change.
@@ -139,6 +134,15 @@ async def running(watch: ProcessWatch) -> AsyncIterator[None]:
         await asyncio.wait_for(task, timeout=WAIT)
 
 
+def holds_pidfd() -> bool:
+    """Whether this process holds a pidfd: the watch waits on the exit instead of polling."""
+    links = []
+    for fd in os.scandir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(fd.path))
+    return "anon_inode:[pidfd]" in links
+
+
 async def exit_latency(
     state: HealthState, watch: ProcessWatch, worker: subprocess.Popen[bytes], event_driven: bool
 ) -> float:
@@ -146,7 +150,7 @@ async def exit_latency(
     events = life_events(state)
     async with running(watch):
         assert await until(lambda: state.life.pid == worker.pid)
-        assert watch.event_driven is event_driven
+        assert holds_pidfd() is event_driven
         state.set_endpoint("generate", Status.READY, time.monotonic())
         assert state.live() == (True, "")
         killed = kill(worker)
@@ -175,7 +179,7 @@ def test_watch_step_finds_the_worker_and_records_its_pid(marker: str, spawn: Spa
         )
         assert not watch.absent.is_set()
     finally:
-        watch.close()
+        watch.close_now()
 
 
 def test_watch_step_without_a_worker_finds_nothing(marker: str) -> None:
@@ -211,7 +215,7 @@ try:
     matching = [pid for pid in others if marker in " ".join(psutil.Process(pid).cmdline())]
     print(json.dumps({"before": before, "found": state.life.pid, "worker": worker.pid,
                       "others": others, "matching": matching}))
-    watch.close()
+    watch.close_now()
 finally:
     os.kill(fork, 9)
     os.waitpid(fork, 0)
@@ -257,7 +261,7 @@ def test_watch_picks_the_oldest_of_several_matches(marker: str, spawn: Spawn) ->
         watch.step()
         assert state.life.pid == workers[0].pid
     finally:
-        watch.close()
+        watch.close_now()
 
 
 # -- noticing the exit -------------------------------------------------------------------
@@ -364,7 +368,7 @@ def test_watch_reused_pid_is_a_new_worker(
             return identity
         return dataclasses.replace(identity, started=identity.started + 1.0)
 
-    monkeypatch.setattr(watch_module, "identify", later)
+    monkeypatch.setattr(process_table, "identify", later)
     watch.step(101.0)
     assert [(event.name, event.new, event.reason) for event in events] == [
         ("worker life 1", "ended", f"its process {worker.pid} exited"),
@@ -413,7 +417,7 @@ def test_watch_snapshot_reports_pid_cpu_and_memory(marker: str, spawn: Spawn) ->
             info = watch.snapshot()
         assert info is not None and info.cpu_percent > 10.0
     finally:
-        watch.close()
+        watch.close_now()
 
 
 def test_watch_snapshots_close_together_share_one_cpu_sample(marker: str, spawn: Spawn) -> None:
@@ -429,7 +433,7 @@ def test_watch_snapshots_close_together_share_one_cpu_sample(marker: str, spawn:
         later = watch.snapshot()
         assert first is not None and later is not None and later is not first
     finally:
-        watch.close()
+        watch.close_now()
 
 
 def test_watch_snapshot_shortens_a_long_command_line(marker: str, spawn: Spawn) -> None:
@@ -442,7 +446,7 @@ def test_watch_snapshot_shortens_a_long_command_line(marker: str, spawn: Spawn) 
         assert len(info.cmdline) == CMDLINE_CHARS
         assert info.cmdline.endswith("...")
     finally:
-        watch.close()
+        watch.close_now()
 
 
 def test_watch_snapshot_is_none_once_the_worker_is_gone(marker: str, spawn: Spawn) -> None:
@@ -460,8 +464,8 @@ def test_watch_snapshot_is_none_once_the_worker_is_gone(marker: str, spawn: Spaw
     worker.wait(timeout=WAIT)
     assert reaped.snapshot() is None
     assert reaped.pid == worker.pid
-    unreaped.close()
-    reaped.close()
+    unreaped.close_now()
+    reaped.close_now()
 
 
 # -- robustness --------------------------------------------------------------------------
@@ -493,7 +497,7 @@ def test_watch_processes_vanishing_mid_scan_raise_nothing(
         churn.kill()
         churn.wait(timeout=WAIT)
         for _, watch in watches:
-            watch.close()
+            watch.close_now()
     assert caplog.records == []
     # Both watches did find processes and see them go, again and again.
     assert all(state.life.number > 3 for state, _ in watches)
@@ -537,7 +541,7 @@ def test_watch_close_releases_the_pidfd_and_leaves_the_life_alone(
     before = len(os.listdir("/proc/self/fd"))
     watch.step()
     assert len(os.listdir("/proc/self/fd")) == before + 1
-    watch.close()
+    watch.close_now()
     assert len(os.listdir("/proc/self/fd")) == before
     assert (watch.pid, state.alive, state.life.pid) == (None, True, worker.pid)
     assert watch.absent.is_set()

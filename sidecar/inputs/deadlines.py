@@ -13,10 +13,11 @@ import contextlib
 import time
 from collections.abc import Callable
 
+from sidecar.component import Adapter
 from sidecar.core.health import HealthState
 
 
-class DeadlineWatch:
+class DeadlineWatch(Adapter):
     """Ends a silent worker's life and drops expired leases, each at its moment."""
 
     def __init__(self, state: HealthState, clock: Callable[[], float] = time.monotonic) -> None:

@@ -36,19 +36,19 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import re
 import socket
-import stat
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sidecar.component import Adapter, Kind, Reading, StartupError
 from sidecar.core.health import HealthState
+from sidecar.unix_socket import SocketFileError, remove_stale_socket
 
 logger = logging.getLogger("dynamo_health_sidecar")
 
@@ -78,7 +78,7 @@ class MalformedDatagram(ValueError):
     """A datagram that is not sd_notify's `KEY=VALUE` lines; nothing of it is applied."""
 
 
-class NotifySocketError(OSError):
+class NotifySocketError(StartupError):
     """The notify socket cannot be created at its path (in use, not a socket, no permission).
 
     `str(error)` is the whole message, for the one line a user sees; `errno` is kept.
@@ -185,12 +185,11 @@ def apply(
     return Outcome(tuple(applied), tuple(ignored), pid, status, watchdog_usec)
 
 
-class NotifyListener:
+class NotifyListener(Adapter):
     """The sd_notify datagram socket: `start()` binds and listens, `close()` removes it.
 
     Counters for metrics: `received` (every datagram), `malformed` (rejected as a whole, or
-    whose handling failed), `ignored_keys` (assignments that changed nothing). `last_status`
-    is the latest `STATUS=` text and `watchdog_usec` the latest valid `WATCHDOG_USEC=`.
+    whose handling failed), `ignored_keys` (assignments that changed nothing).
     """
 
     def __init__(
@@ -202,8 +201,8 @@ class NotifyListener:
         self.received = 0
         self.malformed = 0
         self.ignored_keys = 0
-        self.last_status: str | None = None
-        self.watchdog_usec: int | None = None
+        # The latest valid WATCHDOG_USEC=, so that only a change is logged.
+        self._watchdog_usec: int | None = None
         self._sock: socket.socket | None = None
         self._identity: tuple[int, int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -230,7 +229,32 @@ class NotifyListener:
         self._identity = (info.st_dev, info.st_ino)
         logger.info("listening for sd_notify datagrams on %s", self.path)
 
-    def close(self) -> None:
+    def readings(self) -> Sequence[Reading]:
+        return (
+            Reading(
+                Kind.COUNTER,
+                "dynamo_sidecar_notify_datagrams",
+                "sd_notify datagrams received.",
+                lambda: self.received,
+            ),
+            Reading(
+                Kind.COUNTER,
+                "dynamo_sidecar_notify_malformed_datagrams",
+                "sd_notify datagrams ignored because they were malformed.",
+                lambda: self.malformed,
+            ),
+            Reading(
+                Kind.COUNTER,
+                "dynamo_sidecar_notify_ignored_assignments",
+                "sd_notify assignments that changed nothing (keys the sidecar does not act on).",
+                lambda: self.ignored_keys,
+            ),
+        )
+
+    async def close(self) -> None:
+        self.stop_listening()
+
+    def stop_listening(self) -> None:
         """Stop listening, close the socket, and remove its file if it is still ours."""
         sock, self._sock = self._sock, None
         if sock is None:
@@ -284,13 +308,11 @@ class NotifyListener:
         self.ignored_keys += len(outcome.ignored)
         if outcome.ignored:
             logger.debug("sd_notify: ignored %s", ", ".join(outcome.ignored))
-        if outcome.status is not None:
-            self.last_status = outcome.status
         usec = outcome.watchdog_usec
-        if usec is not None and usec != self.watchdog_usec:
+        if usec is not None and usec != self._watchdog_usec:
             asks = f"a watchdog of {usec / 1e6:g}s" if usec else "no watchdog"
             logger.info("the worker asks for %s (WATCHDOG_USEC=%d)", asks, usec)
-            self.watchdog_usec = usec
+            self._watchdog_usec = usec
         return outcome
 
     def _reject(self, sender: int | None, reason: str) -> None:
@@ -334,7 +356,10 @@ def bind_notify_socket(path: Path) -> socket.socket:
         raise NotifySocketError(
             f"cannot create the notify socket's directory {path.parent}: {exc}", exc.errno
         ) from None
-    _remove_stale_socket(path)
+    try:
+        remove_stale_socket(path, socket.SOCK_DGRAM)
+    except SocketFileError as exc:
+        raise NotifySocketError(str(exc), exc.errno) from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -351,36 +376,3 @@ def bind_notify_socket(path: Path) -> socket.socket:
             f"cannot create the notify socket {path}: {exc}", exc.errno
         ) from None
     return sock
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """Unlink a socket file nobody listens on; refuse anything else."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise NotifySocketError(f"cannot inspect {path}: {exc}", exc.errno) from None
-    if not stat.S_ISSOCK(mode):
-        raise NotifySocketError(
-            f"{path} exists and is not a socket; refusing to replace it", errno.EEXIST
-        )
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        probe.connect(str(path))
-    except ConnectionRefusedError:
-        path.unlink(missing_ok=True)
-        logger.info("replaced the stale socket %s left by a previous run", path)
-        return
-    except OSError as exc:
-        if exc.errno == errno.EPROTOTYPE:
-            raise NotifySocketError(
-                f"{path} is a stream socket in use; refusing to replace it", errno.EADDRINUSE
-            ) from None
-        raise NotifySocketError(f"cannot check the socket {path}: {exc}", exc.errno) from None
-    finally:
-        probe.close()
-    raise NotifySocketError(
-        f"{path} is in use by another running process; is a sidecar already there?",
-        errno.EADDRINUSE,
-    )

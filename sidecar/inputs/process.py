@@ -5,18 +5,8 @@ finds the worker by a regular expression searched in its command line (the argum
 spaces), tells the state when it appears (`process_started`) and when it exits
 (`process_exited`), then looks for the next one.
 
-Which process is the worker:
-- every process whose command line matches, except zombies, the sidecar itself, its ancestors
-  (a shell that started the sidecar with the pattern as a flag) and its descendants that are
-  copies of it (forks share the sidecar's command line, pattern included). A child that runs
-  another program (as `demo` starts its simulated worker) is watched like any other process;
-- of several, the oldest (lowest start time, then lowest pid): the worker's main process, not
-  the children it forked, which share its command line.
-
-A process is identified by its pid and its start time, so a pid reused by a later process is a
-new worker. The start time is read as the kernel keeps it, in clock ticks after boot: unlike
-psutil's `create_time()`, it does not move when the wall clock is set, so a clock step cannot
-look like a restart.
+Which process is the worker, and how a process is told from a later one with its pid, is
+`process_table.py`'s.
 
 Noticing the exit: on Linux a pidfd (`os.pidfd_open`, which works for processes that are not
 our children) becomes readable the moment the process exits, zombie or not; `run` hands it to
@@ -32,19 +22,23 @@ Everything here runs on the event loop's thread. A scan reads two small files pe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
 import re
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
+from sidecar.component import Adapter, Kind, Reading
 from sidecar.core.health import HealthState
+from sidecar.inputs import process_table
 
 logger = logging.getLogger("dynamo_health_sidecar")
 
@@ -61,19 +55,6 @@ CPU_SAMPLE_SECONDS = 0.1
 
 # pidfd_open refused for every process, not just this one: stop trying.
 _PIDFD_REFUSED = (errno.ENOSYS, errno.EPERM, errno.EACCES)
-_SCAN_ATTRS = ["pid", "ppid", "cmdline", "status"]
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-@dataclass(frozen=True, order=True)
-class Identity:
-    """One process over time: its pid, and when it started (seconds after boot).
-
-    Ordered by start time, then pid: the smaller of two is the older process.
-    """
-
-    started: float
-    pid: int
 
 
 @dataclass(frozen=True)
@@ -91,26 +72,6 @@ class ProcessInfo:
     cmdline: str
 
 
-def identify(pid: int) -> Identity | None:
-    """The identity of the running process with this pid; None when it is gone or a zombie."""
-    try:
-        if psutil.LINUX:
-            with open(f"{psutil.PROCFS_PATH}/{pid}/stat", "rb") as stat:
-                data = stat.read()
-            # The name (field 2) is in parentheses and may hold anything, spaces included.
-            fields = data[data.rindex(b")") + 2 :].split()
-            # fields[0] is the state (field 3), fields[19] the start time in ticks (field 22).
-            if fields[0] in (b"Z", b"X", b"x"):
-                return None
-            return Identity(int(fields[19]) / _CLOCK_TICKS, pid)
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return Identity(float(process.create_time()), pid)
-    except (OSError, ValueError, IndexError, psutil.Error):
-        return None
-
-
 def _shorten(cmdline: str) -> str:
     if len(cmdline) <= CMDLINE_CHARS:
         return cmdline
@@ -125,7 +86,7 @@ def _readable(fd: int) -> bool:
 
 @dataclass(eq=False)
 class _Watched:
-    identity: Identity
+    identity: process_table.Identity
     process: Any  # psutil.Process, kept for cpu_percent's previous sample
     cmdline: str
     pidfd: int | None
@@ -135,7 +96,7 @@ class _Watched:
     last: tuple[float, ProcessInfo] | None = None
 
 
-class ProcessWatch:
+class ProcessWatch(Adapter):
     """Finds the worker's process by its command line and reports its start and exit."""
 
     def __init__(
@@ -168,11 +129,6 @@ class ProcessWatch:
     def pid(self) -> int | None:
         """The pid of the worker process being watched, if any."""
         return None if self._current is None else self._current.identity.pid
-
-    @property
-    def event_driven(self) -> bool:
-        """Whether the event loop announces the worker's exit (a pidfd) rather than a poll."""
-        return self._current is not None and self._current.reading
 
     def snapshot(self) -> ProcessInfo | None:
         """The watched worker's pid, CPU and memory; None when no live worker is known.
@@ -211,7 +167,7 @@ class ProcessWatch:
             if self._running(watched):
                 return
             self._exited(watched, now)
-        found = self._find()
+        found = process_table.find_oldest(self.pattern)
         if found is not None:
             self._begin(found, now)
 
@@ -232,9 +188,42 @@ class ProcessWatch:
                 woken.cancel()
         finally:
             stopped.cancel()
-            self.close()
+            self.close_now()
 
-    def close(self) -> None:
+    def readings(self) -> Sequence[Reading]:
+        def read(field: str) -> float | None:
+            info = self.snapshot()
+            return None if info is None else float(getattr(info, field))
+
+        return (
+            Reading(
+                Kind.GAUGE,
+                "dynamo_sidecar_worker_pid",
+                "The watched worker's pid.",
+                partial(read, "pid"),
+            ),
+            Reading(
+                Kind.GAUGE,
+                "dynamo_sidecar_worker_cpu_percent",
+                "The watched worker's CPU use, in percent of one core.",
+                partial(read, "cpu_percent"),
+            ),
+            Reading(
+                Kind.GAUGE,
+                "dynamo_sidecar_worker_resident_memory_bytes",
+                "The watched worker's resident memory.",
+                partial(read, "rss_bytes"),
+            ),
+        )
+
+    def view(self) -> Mapping[str, object]:
+        info = self.snapshot()
+        return {"process": None if info is None else dataclasses.asdict(info)}
+
+    async def close(self) -> None:
+        self.close_now()
+
+    def close_now(self) -> None:
         """Stop watching and close the pidfd; the worker's life is left as it is."""
         watched, self._current = self._current, None
         if watched is not None:
@@ -270,44 +259,14 @@ class ProcessWatch:
         if watched.pidfd is not None:
             # Exact: the pidfd refers to this very process, whatever happens to its pid.
             return not _readable(watched.pidfd)
-        return identify(watched.identity.pid) == watched.identity
+        return process_table.identify(watched.identity.pid) == watched.identity
 
-    def _find(self) -> tuple[Identity, str] | None:
-        """The oldest matching process that is not the sidecar or one of its copies."""
-        me = os.getpid()
-        parents: dict[int, int] = {}
-        cmdlines: dict[int, str] = {}
-        matches: list[int] = []
-        for process in psutil.process_iter(_SCAN_ATTRS):
-            info = process.info
-            pid = int(info["pid"])
-            parents[pid] = int(info["ppid"] or 0)
-            arguments = info["cmdline"]
-            if not arguments or info["status"] == psutil.STATUS_ZOMBIE:
-                continue  # kernel threads, zombies, and what we may not read
-            cmdline = " ".join(arguments)
-            cmdlines[pid] = cmdline
-            if self.pattern.search(cmdline):
-                matches.append(pid)
-        if not matches:
-            return None
-        excluded = _ancestors(me, parents) | _copies(me, parents, cmdlines)
-        candidates = [
-            identity
-            for pid in matches
-            if pid not in excluded and (identity := identify(pid)) is not None
-        ]
-        if not candidates:
-            return None
-        oldest = min(candidates)
-        return oldest, cmdlines[oldest.pid]
-
-    def _begin(self, found: tuple[Identity, str], now: float) -> None:
+    def _begin(self, found: tuple[process_table.Identity, str], now: float) -> None:
         identity, cmdline = found
         pid = identity.pid
         pidfd = self._open_pidfd(pid)
         # Check after opening: the pidfd then surely refers to the process we found.
-        if identify(pid) != identity:
+        if process_table.identify(pid) != identity:
             if pidfd is not None:
                 os.close(pidfd)
             return  # gone already; the next scan looks again
@@ -406,34 +365,3 @@ class ProcessWatch:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(pidfd)
         os.close(pidfd)
-
-
-def _ancestors(pid: int, parents: dict[int, int]) -> set[int]:
-    """The process itself and its parent chain."""
-    chain: set[int] = set()
-    while pid and pid not in chain:
-        chain.add(pid)
-        pid = parents.get(pid, 0)
-    return chain
-
-
-def _copies(pid: int, parents: dict[int, int], cmdlines: dict[int, str]) -> set[int]:
-    """The descendants of a process that still run its command line (its forks)."""
-    own = cmdlines.get(pid)
-    if own is None:
-        return set()
-    children: dict[int, list[int]] = {}
-    for child, parent in parents.items():
-        children.setdefault(parent, []).append(child)
-    copies: set[int] = set()
-    seen = {pid}
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        if child in seen:
-            continue
-        seen.add(child)
-        if cmdlines.get(child) == own:
-            copies.add(child)
-        todo.extend(children.get(child, []))
-    return copies

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sidecar.component import Kind, Reading
 from sidecar.core.health import HealthState
 from sidecar.core.records import Status
 
@@ -27,7 +28,7 @@ class HealthCollector(Collector):
         self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
-        state = self.state.snapshot()
+        seen = self.state.snapshot()
         uptime = GaugeMetricFamily(
             "dynamo_component_uptime_seconds", "Seconds since the sidecar started."
         )
@@ -44,7 +45,7 @@ class HealthCollector(Collector):
             "Times the endpoint changed between ready and notready.",
             labels=["endpoint"],
         )
-        for name, record in state.endpoints.items():
+        for name, record in seen.endpoints.items():
             ready.add_metric([name], 1.0 if record.status is Status.READY else 0.0)
             changes.add_metric([name], record.transitions)
         yield ready
@@ -53,24 +54,24 @@ class HealthCollector(Collector):
         yield _gauge(
             "dynamo_sidecar_ready",
             "1 when the worker is ready (what the health path says), 0 otherwise.",
-            state.status is Status.READY and not state.draining,
+            seen.status is Status.READY and not seen.draining,
         )
         yield _gauge(
-            "dynamo_sidecar_live", "1 when the live path succeeds, 0 otherwise.", state.live[0]
+            "dynamo_sidecar_live", "1 when the live path succeeds, 0 otherwise.", seen.live[0]
         )
         yield _gauge(
-            "dynamo_sidecar_draining", "1 while the sidecar drains after SIGTERM.", state.draining
+            "dynamo_sidecar_draining", "1 while the sidecar drains after SIGTERM.", seen.draining
         )
         instances = GaugeMetricFamily(
             "dynamo_sidecar_instances", "Instances registered by the worker."
         )
-        instances.add_metric([], state.instances)
+        instances.add_metric([], seen.instances)
         yield instances
         lives = CounterMetricFamily(
             "dynamo_sidecar_worker_lives",
             "The current worker life's number: lives begun, across sidecar restarts.",
         )
-        lives.add_metric([], state.life.number)
+        lives.add_metric([], seen.life.number)
         yield lives
 
 
@@ -118,13 +119,12 @@ class ProbeMetrics(Collector):
         self.registry.register(HealthCollector(state, clock))
         self.registry.register(self)
 
-    def add_counter(self, name: str, documentation: str, read: Callable[[], float]) -> None:
-        """A counter an adapter keeps (sd_notify datagrams, say), read at scrape time."""
-        self.registry.register(_ReadAtScrape(CounterMetricFamily, name, documentation, read))
-
-    def add_gauge(self, name: str, documentation: str, read: Callable[[], float | None]) -> None:
-        """A gauge an adapter knows (the worker's memory, say); None leaves it out."""
-        self.registry.register(_ReadAtScrape(GaugeMetricFamily, name, documentation, read))
+    def add(self, reading: Reading) -> None:
+        """An adapter's metric, read at scrape time; a gauge read as None is left out."""
+        family = CounterMetricFamily if reading.kind is Kind.COUNTER else GaugeMetricFamily
+        self.registry.register(
+            _ReadAtScrape(family, reading.name, reading.documentation, reading.read)
+        )
 
     def count(self, path: str, code: int) -> None:
         key = (path if path in self.paths else "other", code)
