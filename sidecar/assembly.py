@@ -26,6 +26,7 @@ from sidecar.inputs.process import ProcessWatch
 from sidecar.inputs.process_table import identify
 from sidecar.inputs.worker_api import WorkerApi, build_control_app, nothing_to_save
 from sidecar.kube.api import official_api
+from sidecar.kube.discovery import InCluster
 from sidecar.kube.reporter import KubeReporting
 from sidecar.outputs.metrics import ProbeMetrics
 from sidecar.outputs.probe_port import build_probe_app, probe_paths
@@ -53,8 +54,14 @@ def build_state(settings: Settings, now: float) -> HealthState:
     )
 
 
-def build(settings: Settings, clock: Callable[[], float], stopping: asyncio.Event) -> Sidecar:
-    """Every adapter the settings turn on; `stopping` ends the worker's held sessions."""
+def build(
+    settings: Settings,
+    cluster: InCluster | None,
+    clock: Callable[[], float],
+    stopping: asyncio.Event,
+) -> Sidecar:
+    """Every adapter the settings turn on, reporting to `cluster` when there is one;
+    `stopping` ends the worker's held sessions."""
     state = build_state(settings, clock())
     verdicts = Verdicts(state, settings.frontend_shape)
     metrics = ProbeMetrics(state, probe_paths(settings), clock=clock)
@@ -73,7 +80,7 @@ def build(settings: Settings, clock: Callable[[], float], stopping: asyncio.Even
         saved=nothing_to_save if state_file is None else state_file.writer.saved,
     )
     adapters += [
-        *_kube_reporting(settings, state, clock),
+        *_kube_reporting(settings, cluster, state, clock),
         probe,
         WorkerSocketServer(build_control_app(api), settings.socket_path),
         *_notify(settings, state, clock),
@@ -87,12 +94,14 @@ def build(settings: Settings, clock: Callable[[], float], stopping: asyncio.Even
 
 
 def _kube_reporting(
-    settings: Settings, state: HealthState, clock: Callable[[], float]
+    settings: Settings,
+    cluster: InCluster | None,
+    state: HealthState,
+    clock: Callable[[], float],
 ) -> list[Adapter]:
-    cluster = settings.kube_cluster
     if cluster is None:
         return []
-    assert cluster.pod is not None  # the settings refuse a cluster without its pod
+    assert cluster.pod is not None  # discovery finds a cluster only with its pod
     return [
         KubeReporting(
             cluster.pod, official_api(cluster, clock), settings.kube_condition, state, clock

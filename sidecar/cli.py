@@ -12,6 +12,7 @@ from typing import NoReturn
 from sidecar import __version__
 from sidecar.client import resolve_socket
 from sidecar.commands import show_status, signal_sidecar
+from sidecar.kube.cluster import discover
 from sidecar.setting_kinds import Option
 from sidecar.settings import OPTIONS, SettingsError, load, printable
 
@@ -214,6 +215,7 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     flags = {option.field: getattr(args, option.field, None) for option in OPTIONS}
     try:
         settings = load(environ, flags)
+        found = discover(settings, environ)
     except SettingsError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -227,7 +229,7 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     configure(settings.log_format, settings.log_level)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(serve(settings))
+            return runner.run(serve(settings, found))
     except StartupError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ from sidecar.assembly import build
 from sidecar.component import Adapter, AdapterStopped
 from sidecar.core.health import HealthState
 from sidecar.core.records import Subject, Transition
+from sidecar.kube.cluster import Discovery
 from sidecar.settings import Settings
 
 logger = logging.getLogger("dynamo_health_sidecar")
@@ -90,8 +91,9 @@ def raise_descriptor_limit() -> None:
     logger.debug("raised the open-file limit from %d to %d", soft, hard)
 
 
-async def serve(settings: Settings) -> int:
-    """Run the sidecar until SIGTERM or SIGINT; returns the exit code.
+async def serve(settings: Settings, found: Discovery) -> int:
+    """Run the sidecar until SIGTERM or SIGINT, reporting to the cluster `found` if any;
+    returns the exit code.
 
     A `StartupError` from an adapter's start closes those already started, in reverse, and
     reaches the caller, which prints it."""
@@ -105,7 +107,7 @@ async def serve(settings: Settings) -> int:
 
     clock = time.monotonic
     stopping = asyncio.Event()
-    sidecar = build(settings, clock, stopping)
+    sidecar = build(settings, found.cluster, clock, stopping)
     sidecar.state.subscribe(log_transition)
     running: dict[Adapter, asyncio.Task[None]] = {}
     async with contextlib.AsyncExitStack() as stack:
@@ -117,11 +119,8 @@ async def serve(settings: Settings) -> int:
         for adapter in sidecar.adapters:
             running[adapter] = asyncio.create_task(adapter.run(stopping))
         logger.info(describe_start(settings, sidecar.probe.address()))
-        if settings.kube_cluster is None and settings.kube_off_reason:
-            logger.info(
-                "Kubernetes reporting is off (DYN_SIDECAR_KUBE=auto): %s",
-                settings.kube_off_reason,
-            )
+        if found.off_reason:
+            logger.info("Kubernetes reporting is off (DYN_SIDECAR_KUBE=auto): %s", found.off_reason)
         exit_code = await until_stopped(stop, running.values())
         if exit_code == 0:
             stop.clear()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from sidecar.core.records import MAX_ENDPOINTS, Status
-from sidecar.kube.discovery import check_api_url, check_service_account_dir
+from sidecar.kube.rules import check_api_url, check_service_account_dir
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 NAME_RULE = "1 to 128 characters of A-Z a-z 0-9 _ . -"

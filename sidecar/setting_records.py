@@ -13,7 +13,7 @@ from typing import Any
 
 from sidecar.core.records import Liveness, Status
 from sidecar.core.verdict import FrontendShape
-from sidecar.kube.discovery import (
+from sidecar.kube.rules import (
     DEFAULT_CONDITION,
     DEFAULT_SERVICE_ACCOUNT_DIR,
     check_condition_type,

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from sidecar.core.records import Liveness, Status
 from sidecar.core.verdict import FrontendShape
-from sidecar.kube.discovery import InCluster, find_in_cluster, refusal
 from sidecar.setting_kinds import Kube, LogFormat, LogLevel, Mode
 from sidecar.setting_parsers import (
     NAME_PATTERN,
@@ -33,7 +32,6 @@ from sidecar.setting_parsers import (
     SettingsError,
     invalid,
     printable,
-    reshown,
     shown,
 )
 from sidecar.setting_records import (
@@ -131,10 +129,6 @@ class Settings:
     kube_api_url: str | None = KUBE_API_URL.default
     kube_service_account_dir: Path = KUBE_SERVICE_ACCOUNT_DIR.default
     kube_condition: str = KUBE_CONDITION.default
-    # The pod and API server reporting talks to: set exactly when reporting runs.
-    kube_cluster: InCluster | None = None
-    # Why `auto` left reporting off inside a cluster (what it found missing).
-    kube_off_reason: str = ""
     heartbeat_timeout: float | None = HEARTBEAT_TIMEOUT.default
     upstream_status_url: str | None = UPSTREAM_STATUS_URL.default
     upstream_interval: float = UPSTREAM_INTERVAL.default
@@ -147,8 +141,9 @@ class Settings:
     canary_wait: float = CANARY_WAIT.default
     canary_endpoint: str | None = CANARY_ENDPOINT.default
     canary_failures: int = CANARY_FAILURES.default
-    # Whether the pod's environment names an API server; `auto` reporting follows it.
-    in_cluster: bool = False
+    # Where each setting given was given, and its text: a check made at startup, outside
+    # `load` (Kubernetes discovery), blames it in the same words.
+    given: Raw = dataclasses.field(default_factory=dict, compare=False)
 
 
 def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None) -> Settings:
@@ -157,13 +152,13 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
     values = {o.field: o.parse(*raw[o.field]) for o in OPTIONS if o.field in raw}
     # DYN_SYSTEM_ENABLED can only be true once parsed: nothing is left to keep.
     values.pop("enabled", None)
-    _work_out_defaults(values, environ)
-    settings = Settings(**values)
+    _work_out_defaults(values)
+    settings = Settings(**values, given=raw)
     _check_paths(settings, raw)
     _check_files(settings, raw)
     _check_active_checks(settings, raw)
     _check_frontend_shape(settings, raw)
-    return _with_kube(settings, raw, environ)
+    return settings
 
 
 def _given(
@@ -181,14 +176,13 @@ def _given(
     return raw
 
 
-def _work_out_defaults(values: dict[str, object], environ: Mapping[str, str]) -> None:
+def _work_out_defaults(values: dict[str, object]) -> None:
     """The defaults that depend on other settings (docs/protocol.md section 2.2): the state
     file beside the socket, and the canary's endpoint the first required one."""
     if "state_file" not in values:
         socket_path = values.get("socket_path", Settings.socket_path)
         assert isinstance(socket_path, Path)
         values["state_file"] = socket_path.with_name(f"{socket_path.stem}.state.json")
-    values["in_cluster"] = bool(environ.get("KUBERNETES_SERVICE_HOST"))
     required = values.get("required_endpoints")
     if values.get("canary_url") and "canary_endpoint" not in values and required:
         assert isinstance(required, tuple)
@@ -236,22 +230,6 @@ def _state_file_problem(path: Path, socket_directory: Path) -> str | None:
     except OSError as exc:
         return f"it cannot be looked up ({exc.strerror})"
     return None
-
-
-def _with_kube(settings: Settings, raw: Raw, environ: Mapping[str, str]) -> Settings:
-    """`settings` with the cluster reporting talks to, or with why `auto` left it off;
-    `on` without everything reporting needs stops the sidecar (docs/protocol.md section 7.5)."""
-    if settings.kube is Kube.OFF:
-        return settings
-    found = find_in_cluster(environ, settings.kube_service_account_dir, settings.kube_api_url)
-    if settings.kube is Kube.ON and not found.complete:
-        source, text = raw["kube"]
-        raise SettingsError(reshown(refusal(source, text, found), source, text, text))
-    if found.complete:
-        return dataclasses.replace(settings, kube_cluster=found)
-    if settings.in_cluster:
-        return dataclasses.replace(settings, kube_off_reason=found.describe_missing())
-    return settings
 
 
 def _check_frontend_shape(settings: Settings, raw: Raw) -> None:

@@ -448,6 +448,28 @@ def test_serve_logs_one_start_line_saying_what_is_served_where(
     assert sc.stop() == 0
 
 
+def test_serve_auto_inside_a_cluster_without_the_pod_says_why_reporting_is_off(
+    run_sidecar: Callable[..., Sidecar], tmp_path: Path
+) -> None:
+    sc = run_sidecar(
+        {
+            "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+            "KUBERNETES_SERVICE_PORT": "443",
+            "DYN_SIDECAR_KUBE_SERVICE_ACCOUNT_DIR": str(tmp_path / "account"),
+            "DYN_SIDECAR_DRAIN_SECONDS": "0",
+        }
+    )
+    _start_line(sc)
+    off = [line for line in sc.logs().splitlines() if "Kubernetes reporting is off" in line]
+    account = tmp_path / "account"
+    assert len(off) == 1, sc.logs()
+    assert off[0].endswith(
+        " INFO Kubernetes reporting is off (DYN_SIDECAR_KUBE=auto): POD_NAME, POD_NAMESPACE, "
+        f"POD_UID, {account}/token and {account}/ca.crt are missing"
+    ), off[0]
+    assert sc.stop() == 0
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_signal_with_no_drain_exits_0_and_removes_socket(
     sidecar: Sidecar, signum: int

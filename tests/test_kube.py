@@ -33,12 +33,10 @@ from sidecar.core.views import Snapshot
 from sidecar.kube import api as kube_api
 from sidecar.kube.api import KubeApiError, official_api
 from sidecar.kube.correlator import EventCorrelator
-from sidecar.kube.discovery import (
-    DEFAULT_CONDITION,
-    find_in_cluster,
-)
+from sidecar.kube.discovery import find_in_cluster
 from sidecar.kube.outbox import QUEUE_SIZE, Outbox
 from sidecar.kube.reporter import KubeReporting, Recorder, kube_readings
+from sidecar.kube.rules import DEFAULT_CONDITION
 from sidecar.kube.sender import DEFAULT_BACKOFF, Backoff, Sender
 
 READY, NOTREADY = Status.READY, Status.NOTREADY

@@ -1,5 +1,7 @@
-"""Finding the pod and the API server (sidecar/kube/discovery.py): the Downward API variables,
-the service account, the overrides and the line a user sees for each bad one."""
+"""Finding the pod and the API server (sidecar/kube/discovery.py), the checks of the
+Kubernetes settings (sidecar/kube/rules.py) and whether reporting runs (sidecar/kube/cluster.py):
+the Downward API variables, the service account, the overrides and the line a user sees for
+each bad one."""
 
 from __future__ import annotations
 
@@ -10,14 +12,15 @@ from pathlib import Path
 import pytest
 from kube_pod import POD, POD_ENV, SERVICE_ENV, service_account
 
-from sidecar.kube.discovery import (
+from sidecar.kube.cluster import Discovery, discover
+from sidecar.kube.discovery import find_in_cluster, refusal
+from sidecar.kube.rules import (
     DEFAULT_CONDITION,
     check_api_url,
     check_condition_type,
     check_service_account_dir,
-    find_in_cluster,
-    refusal,
 )
+from sidecar.settings import SettingsError, load
 
 
 def test_kube_find_in_cluster_is_complete_with_the_downward_api_and_a_service_account(
@@ -168,3 +171,62 @@ def test_kube_importing_the_package_and_finding_the_cluster_do_not_import_kubern
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# -- whether reporting runs: decided at startup, after the settings ----------------------
+
+KUBE_ON = (
+    "needs the pod's Downward API variables, its service account and the kubernetes package, "
+    "but POD_NAME, POD_NAMESPACE, POD_UID, KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, "
+    "/var/run/secrets/kubernetes.io/serviceaccount/token and "
+    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt are missing: set them (the chart does "
+    "with sidecar.kubeReporting.enabled) or use auto or off"
+)
+
+
+def refusal_of(environ: dict[str, str], flags: dict[str, str | None] | None = None) -> str:
+    with pytest.raises(SettingsError) as caught:
+        discover(load(environ, flags), environ)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["on", "ON", " On "])
+def test_kube_on_without_the_cluster_is_refused_showing_the_value_as_given(text: str) -> None:
+    assert refusal_of({"DYN_SIDECAR_KUBE": text}) == f"DYN_SIDECAR_KUBE={text!r} {KUBE_ON}"
+
+
+def test_kube_on_flag_refused_naming_the_flag() -> None:
+    assert refusal_of({"DYN_SIDECAR_KUBE": "off"}, {"kube": "on"}) == f"--kube='on' {KUBE_ON}"
+
+
+def test_kube_on_with_everything_there_reports_to_that_cluster(tmp_path: Path) -> None:
+    environ = {
+        **POD_ENV,
+        **SERVICE_ENV,
+        "DYN_SIDECAR_KUBE": "on",
+        "DYN_SIDECAR_KUBE_SERVICE_ACCOUNT_DIR": str(service_account(tmp_path)),
+    }
+    found = discover(load(environ), environ, installed=lambda: True)
+    assert found.cluster is not None and found.cluster.pod == POD
+    assert found.off_reason == ""
+
+
+def test_kube_auto_inside_a_cluster_says_what_it_lacks(tmp_path: Path) -> None:
+    environ = {
+        **SERVICE_ENV,
+        "DYN_SIDECAR_KUBE_SERVICE_ACCOUNT_DIR": str(service_account(tmp_path)),
+    }
+    assert discover(load(environ), environ, installed=lambda: True) == Discovery(
+        None, "POD_NAME, POD_NAMESPACE and POD_UID are missing"
+    )
+
+
+def test_kube_auto_outside_a_cluster_is_off_without_a_reason() -> None:
+    assert discover(load({}), {}) == Discovery(None, "")
+
+
+def test_kube_off_looks_for_nothing() -> None:
+    def installed() -> bool:
+        raise AssertionError("off must not look for the kubernetes package")
+
+    assert discover(load({"DYN_SIDECAR_KUBE": "off"}), {}, installed) == Discovery(None, "")
