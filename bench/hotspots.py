@@ -52,13 +52,10 @@ VARIANT_SETS: list[tuple[str, str, tuple[str, ...]]] = [
     ("as it is", "baseline", ()),
     ("state file off", "baseline", ("--state-file", "off")),
     ("switch interval 0.5 ms", "switch-interval", ()),
-    ("no websockets/watchfiles", "no-extras", ()),
-    ("uvicorn tick 1 s", "tick-1s", ()),
     ("proxy_headers=False", "no-proxy-headers", ()),
     ("plain ASGI probe paths", "asgi-probe", ()),
     ("ASGI + proxy_headers=False", "asgi-probe,no-proxy-headers", ()),
-    ("all four above", "no-extras,tick-1s,no-proxy-headers,asgi-probe", ()),
-    ("raw httptools protocol", "raw-probe,no-extras,tick-1s", ()),
+    ("raw httptools protocol", "raw-probe", ()),
 ]
 
 

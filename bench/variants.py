@@ -7,10 +7,6 @@ import) before `sidecar.cli.main` runs, in this process only. The variants are p
 of the suggestions in bench/README.md, not drop-in code. `hotspots.py` runs them.
 
 - `baseline`: the sidecar as it is.
-- `no-extras`: websockets and watchfiles cannot be imported, as if the sidecar depended on
-  `uvicorn`, `httptools` and `uvloop` rather than `uvicorn[standard]` (with `ws="none"`).
-- `tick-1s`: uvicorn's main loop wakes once a second instead of ten times (the date header
-  still changes every second).
 - `no-proxy-headers`: uvicorn's `proxy_headers=False` (no middleware on every request).
 - `asgi-probe`: the health, ready, live and self-live paths answered by a plain ASGI
   function (same bytes, codes and metrics); everything else still goes to the Starlette app.
@@ -28,30 +24,6 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
-
-
-def no_extras() -> None:
-    """A None in sys.modules makes the import fail, as if the package were not installed:
-    uvicorn's "auto" choices then fall back without them."""
-    for name in ("websockets", "watchfiles"):
-        sys.modules[name] = None  # type: ignore[assignment]
-
-
-def tick_1s() -> None:
-    """uvicorn's main loop, ticking every second instead of every 0.1 s: each tick is a
-    wake-up of an idle sidecar."""
-    import uvicorn.server
-
-    async def main_loop(self: Any) -> None:
-        counter = 0
-        should_exit = await self.on_tick(counter)
-        while not should_exit:
-            # on_tick refreshes the date header when counter % 10 == 0: every tick here.
-            counter = (counter + 10) % 864000
-            await asyncio.sleep(1.0)
-            should_exit = await self.on_tick(counter)
-
-    uvicorn.server.Server.main_loop = main_loop  # type: ignore[method-assign]
 
 
 def no_proxy_headers() -> None:
@@ -199,11 +171,14 @@ class RawProbeProtocol(asyncio.Protocol):
 
 class RawServer:
     """Stands in for the probe port's uvicorn.Server: serves the given socket until
-    `should_exit` is set, the two things the sidecar uses of a uvicorn.Server here."""
+    it is stopped, the two things the sidecar uses of a uvicorn.Server here."""
 
     def __init__(self, paths: dict[str, Any], metrics: Any, httptools: Any) -> None:
         self.paths, self.metrics, self.httptools = paths, metrics, httptools
         self.should_exit = False
+
+    def stop(self) -> None:
+        self.should_exit = True
 
     async def serve(self, sockets: list[Any]) -> None:
         loop = asyncio.get_running_loop()
@@ -255,8 +230,6 @@ def switch_interval() -> None:
 
 APPLY = {
     "baseline": lambda: None,
-    "no-extras": no_extras,
-    "tick-1s": tick_1s,
     "no-proxy-headers": no_proxy_headers,
     "asgi-probe": asgi_probe,
     "raw-probe": raw_probe,
@@ -274,8 +247,7 @@ def main() -> int:
     if unknown:
         print(f"unknown variants {unknown}; known: {', '.join(APPLY)}", file=sys.stderr)
         return 2
-    # no-extras must block the imports before anything imports uvicorn.
-    for name in sorted(wanted, key=lambda v: v != "no-extras"):
+    for name in wanted:
         APPLY[name]()
     from sidecar.cli import main as sidecar_main
 

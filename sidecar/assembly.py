@@ -22,8 +22,6 @@ from sidecar.http_servers import ProbeServer, WorkerSocketServer
 from sidecar.inputs.active_checks import ActiveChecks
 from sidecar.inputs.deadlines import DeadlineWatch
 from sidecar.inputs.notify import NotifyListener
-from sidecar.inputs.process import ProcessWatch
-from sidecar.inputs.process_table import identify
 from sidecar.inputs.worker_api import WorkerApi, build_control_app, nothing_to_save
 from sidecar.kube.api import official_api
 from sidecar.kube.discovery import InCluster
@@ -121,6 +119,8 @@ def _state_file(
 
 
 def _process_gone(pid: int) -> bool:
+    from sidecar.inputs.process_table import identify
+
     return identify(pid) is None
 
 
@@ -133,6 +133,9 @@ def _notify(settings: Settings, state: HealthState, clock: Callable[[], float]) 
 def _loops(settings: Settings, state: HealthState, clock: Callable[[], float]) -> list[Adapter]:
     loops: list[Adapter] = []
     if settings.watch_process is not None:
+        # Imported only when on: psutil is the process watch's alone (about 1 MB).
+        from sidecar.inputs.process import ProcessWatch
+
         loops.append(ProcessWatch(settings.watch_process, state, clock))
     loops.append(DeadlineWatch(state, clock))
     loops.append(ActiveChecks(settings, state, clock))

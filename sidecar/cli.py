@@ -10,8 +10,6 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from sidecar import __version__
-from sidecar.client import resolve_socket
-from sidecar.commands import show_status, signal_sidecar
 from sidecar.kube.cluster import discover
 from sidecar.setting_kinds import Option
 from sidecar.settings import OPTIONS, SettingsError, load, printable
@@ -193,22 +191,30 @@ def _add_demo(commands: argparse._SubParsersAction[OneLineParser]) -> None:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     environ = os.environ if environ is None else environ
-    if args.command == "signal":
-        endpoint = args.endpoint
-        if args.action == "heartbeat" and endpoint is not None:
-            return _usage("signal heartbeat takes no endpoint")
-        if args.action != "heartbeat" and endpoint is None:
-            return _usage(
-                f"signal {args.action} needs an endpoint, e.g. signal {args.action} generate"
-            )
-        return signal_sidecar(args.action, endpoint, resolve_socket(args.socket, environ), args.pid)
-    if args.command == "status":
-        return show_status(resolve_socket(args.socket, environ), args.json)
+    if args.command in ("signal", "status"):
+        return run_command(args, environ)
     if args.command == "demo":
         from sidecar.demo import run_demo
 
         return run_demo(args)
     return run_serve(args, environ)
+
+
+def run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`signal` or `status`. The client is imported only here: a serving sidecar does not
+    carry it."""
+    from sidecar.client import resolve_socket
+    from sidecar.commands import show_status, signal_sidecar
+
+    socket_path = resolve_socket(args.socket, environ)
+    if args.command == "status":
+        return show_status(socket_path, args.json)
+    endpoint = args.endpoint
+    if args.action == "heartbeat" and endpoint is not None:
+        return _usage("signal heartbeat takes no endpoint")
+    if args.action != "heartbeat" and endpoint is None:
+        return _usage(f"signal {args.action} needs an endpoint, e.g. signal {args.action} generate")
+    return signal_sidecar(args.action, endpoint, socket_path, args.pid)
 
 
 def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
