@@ -42,7 +42,15 @@ from progress import log
 from quiet import Quiet
 from references import start_go
 from sidecars import answering, serve_argv, set_ready, start_sidecar
-from tooling import DEFAULT_TOOLS, HERE, SetupError, Tools, ensure_tools, run_quiet, sidecar_python
+from tooling import (
+    DEFAULT_TOOLS,
+    HERE,
+    SetupError,
+    Tools,
+    ensure_pip_tool,
+    ensure_tools,
+    sidecar_python,
+)
 from units import MIB
 
 Gate = Callable[[str], None]
@@ -57,21 +65,6 @@ VARIANT_SETS: list[tuple[str, str, tuple[str, ...]]] = [
     ("ASGI + proxy_headers=False", "asgi-probe,no-proxy-headers", ()),
     ("raw httptools protocol", "raw-probe", ()),
 ]
-
-
-def ensure_py_spy(tools_dir: Path) -> str:
-    """py-spy: ours from an earlier run, one on PATH, or from PyPI into a venv."""
-    venv = tools_dir / "py-venv"
-    ours = venv / "bin" / "py-spy"
-    if ours.exists():
-        return str(ours)
-    on_path = shutil.which("py-spy")
-    if on_path:
-        return on_path
-    log(f"installing py-spy into {venv}")
-    run_quiet([sys.executable, "-m", "venv", str(venv)], timeout=300)
-    run_quiet([str(venv / "bin" / "pip"), "install", "--quiet", "py-spy"], timeout=900)
-    return str(ours)
 
 
 # --------------------------------------------------------------------------- py-spy
@@ -439,7 +432,7 @@ def measure(args: argparse.Namespace, fleet: Fleet) -> tuple[list[str], dict[str
     tools = ensure_tools(args.tools_dir, args.sidecar)
     gate = Quiet(fleet, args.wait_quiet).gate
     if not args.skip_py_spy:
-        py_spy = ensure_py_spy(args.tools_dir)
+        py_spy = ensure_pip_tool(args.tools_dir, "py-venv", "py-spy", "py-spy")
         results["py_spy"] = profiled = profile_probes(
             tools, fleet, py_spy, args.seconds, fleet.rundir, gate
         )

